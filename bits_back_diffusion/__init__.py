@@ -1,0 +1,1 @@
+"""Lossless image compression with diffusion models and bits-back coding."""

@@ -1,0 +1,1 @@
+"""Diffusion model components in the style of improved-DDPM."""

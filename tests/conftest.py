@@ -1,0 +1,55 @@
+"""Shared test fixtures: locating ../shared, the reference fixture model, offline W&B."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared (next to the repo root); fails loudly when it is missing."""
+    path = SHARED_DIR.joinpath(*parts)
+    if not path.exists():
+        pytest.fail(
+            f"reference file {path} is missing: the tests expect the project's shared/ folder "
+            f"next to the repository root ({SHARED_DIR}); check it out there",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return shared_path("fixtures")
+
+
+@pytest.fixture(scope="session")
+def tiny_fixture(fixtures_dir: Path):
+    """The reference tiny CIFAR model: flags, loaded model, respaced diffusion, reference values."""
+    import numpy as np
+    import torch
+
+    from improved_diffusion.script_util import create_gaussian_diffusion, create_model
+
+    flags = json.loads((fixtures_dir / "tiny_cifar_vlb.json").read_text())
+    model = create_model(**flags["model"])
+    model.load_state_dict(torch.load(fixtures_dir / "tiny_cifar_vlb.pt", map_location="cpu"), strict=True)
+    model.eval()
+    diffusion = create_gaussian_diffusion(**flags["diffusion"], timestep_respacing=flags["timestep_respacing"])
+    values = dict(np.load(fixtures_dir / "tiny_cifar_vlb.npz"))
+    return flags, model, diffusion, values
+
+
+@pytest.fixture
+def wandb_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    return tmp_path
