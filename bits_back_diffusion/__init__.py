@@ -1,1 +1,1 @@
-"""Lossless image compression with diffusion models and bits-back coding."""
+"""Bits-back coding with diffusion models, and what train.py, compute_vlb.py and encode.py share."""

@@ -38,7 +38,7 @@ def float_param(value, name: str, who: str, positive: bool = False) -> np.ndarra
         if bad.any():
             first = arr[tuple(np.argwhere(bad)[0])] if arr.ndim else arr[()]
             raise ValueError(
-                f"{who}: {name} must be > 0, got {first!r} at index {_index_str(bad)}")
+                f"{who}: {name} must be > 0, got {float(first)!r} at index {_index_str(bad)}")
     return arr
 
 
@@ -81,7 +81,7 @@ def symbols(value, shape, n: int, who: str) -> np.ndarray:
         if bad.any():
             first = arr[tuple(np.argwhere(bad)[0])] if arr.ndim else arr[()]
             raise ValueError(
-                f"{who}: symbol {first!r} is not an integer in [0, {n}) at index "
+                f"{who}: symbol {float(first)!r} is not an integer in [0, {n}) at index "
                 f"{_index_str(bad)}")
         return arr.astype(np.int64)
     raise ValueError(f"{who}: symbols must be integers, got dtype {arr.dtype}")

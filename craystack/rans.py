@@ -154,6 +154,7 @@ def _generator_words(start: int, count: int) -> np.ndarray:
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
     a.flags.writeable = False
     return a
 
@@ -362,7 +363,15 @@ def reset_low_water(message: Message) -> Message:
 
 
 def empty_pops(message: Message) -> int:
-    """Number of generator words this message has borrowed and not returned."""
+    """Number of words drawn from the empty-tail generator and not given back.
+
+    Pops past the bottom of the tail draw words from the generator; pushing
+    the very same words back onto an empty tail returns them (as a
+    bits-back decoder does), which lowers the count again.  The count is
+    stored in the flat form, and ``32 * empty_pops(m)`` bits is the part of
+    the message size that paid for bits which came from the generator
+    rather than from real data (the "initial bits" cost of bits-back).
+    """
     return message.tail.borrowed
 
 
@@ -400,21 +409,30 @@ def push_freqs(message: Message, starts: np.ndarray, freqs: np.ndarray,
             f"match the head shape {head.shape}")
     if freqs.size and freqs.min() == 0:
         raise ValueError("push: zero frequency (symbol has probability 0)")
-    prec_u = _U64(prec)
-    x = head
-    overflow = (x >> _U64(64 - prec)) >= freqs
+    # (written with in-place operations: fresh temporaries of this size cost
+    # page faults that dominate the arithmetic)
+    shape = head.shape
+    x = head.reshape(-1)
+    starts = starts.reshape(-1)
+    freqs = freqs.reshape(-1)
+    overflow = x >> _U64(64 - prec)
+    overflow = np.greater_equal(overflow, freqs)
     if overflow.any():
-        words = (x[overflow] & _WORD_MASK).astype(np.uint32)
-        tail = _tail_push(tail, words)
-        x = np.where(overflow, x >> _WORD_BITS, x)
-    q, r = np.divmod(x, freqs)
-    x = (q << prec_u) + r + starts
-    return Message(_readonly(x), tail)
+        tail = _tail_push(tail, x[overflow].astype(np.uint32))  # low 32 bits
+        x = x.copy()
+        np.right_shift(x, _WORD_BITS, out=x, where=overflow)
+    q = x // freqs  # (np.divmod on uint64 is several times slower)
+    r = q * freqs
+    np.subtract(x, r, out=r)
+    r += starts
+    q <<= _U64(prec)
+    q += r
+    return Message(_readonly(q.reshape(shape)), tail)
 
 
 def peek(message: Message, prec: int) -> np.ndarray:
     """The cumulative frequency ``head mod 2**prec`` of every lane (uint64)."""
-    return message.head & _U64((1 << prec) - 1)
+    return np.asarray(message.head & _U64((1 << prec) - 1))
 
 
 def pop_freqs(message: Message, cfs: np.ndarray, starts: np.ndarray,
@@ -422,12 +440,17 @@ def pop_freqs(message: Message, cfs: np.ndarray, starts: np.ndarray,
     """Undo :func:`push_freqs`, given the ``cfs`` from :func:`peek` and the
     interval ``[start, start + freq)`` that contains them."""
     head, tail = message
-    starts = np.asarray(starts, dtype=np.uint64)
-    freqs = np.asarray(freqs, dtype=np.uint64)
-    x = freqs * (head >> _U64(prec)) + cfs - starts
+    shape = head.shape
+    starts = np.asarray(starts, dtype=np.uint64).reshape(-1)
+    freqs = np.asarray(freqs, dtype=np.uint64).reshape(-1)
+    cfs = np.asarray(cfs, dtype=np.uint64).reshape(-1)
+    x = head.reshape(-1) >> _U64(prec)
+    x *= freqs
+    x += cfs
+    x -= starts
     underflow = x < _HEAD_MIN_U
     n = int(np.count_nonzero(underflow))
     if n:
         tail, words = _tail_pop(tail, n)
         x[underflow] = (x[underflow] << _WORD_BITS) | words.astype(np.uint64)
-    return Message(_readonly(x), tail)
+    return Message(_readonly(x.reshape(shape)), tail)

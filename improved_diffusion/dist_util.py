@@ -128,13 +128,13 @@ def _init_group(backend: str, init_method: str, rank: int, world_size: int) -> N
 
 def setup_dist(backend: Optional[str] = None) -> None:
     """Initialise torch.distributed once for this process (see the module docstring)."""
-    if dist.is_available() and dist.is_initialized():
-        return
     backend = backend or default_backend()
     if backend not in ("nccl", "gloo", "mpi"):
         raise ValueError(f"Unknown torch.distributed backend {backend!r}; use 'nccl' (GPU) or 'gloo' (CPU).")
     if backend == "nccl" and not torch.cuda.is_available():
         raise ValueError("Backend 'nccl' needs CUDA, which is not available here; use backend='gloo'.")
+    if dist.is_available() and dist.is_initialized():
+        return
 
     if under_mpi():
         comm = _mpi_comm()

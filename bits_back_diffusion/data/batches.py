@@ -201,6 +201,17 @@ class BatchFileImageSet(ImageSet):
     def __len__(self) -> int:
         return int(self._starts[-1])
 
+    def __getstate__(self) -> dict:
+        # locks cannot be pickled, and loaded batches should not travel to worker processes
+        state = self.__dict__.copy()
+        state["_cache"] = OrderedDict()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
     def _locate(self, i: int) -> tuple[int, int]:
         k = bisect.bisect_right(self._starts, i) - 1
         return k, i - int(self._starts[k])

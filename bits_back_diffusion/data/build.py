@@ -42,12 +42,15 @@ def _folder_hint(split: str) -> str:
 def build_dataset(data_cfg: Mapping[str, Any], split: str) -> ImageSet:
     """Open the ``split`` ("train" or "val") of the dataset described by ``data_cfg``.
 
-    ``data_cfg`` has the keys of ``config/data/*.yaml``; relative data dirs are
-    taken from the current working directory.
+    ``data_cfg`` is the run config's ``data`` node (a config with a top-level
+    ``data`` key is accepted too); relative data dirs are taken from the
+    current working directory.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected 'train' or 'val'")
     split = SPLITS[split]
+    if _get(data_cfg, "name", "data.") is None and _get(data_cfg, "data", "") is not None:
+        data_cfg = _get(data_cfg, "data", "")  # the whole run config was passed
     name = str(_get(data_cfg, "name", "data.") or "")
     if name not in DATASET_NAMES:
         raise DataError(f"unknown dataset name data.name={name!r}; expected one of {', '.join(DATASET_NAMES)}")

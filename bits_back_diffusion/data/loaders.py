@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
 
 import numpy as np
-import torch
 
 from .base import ImageSet
 from .errors import DataError
 from .levels import to_model_input
+
+if TYPE_CHECKING:
+    import torch
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -155,7 +157,7 @@ def train_batches(
     world_size: int = 1,
     seed: int = 0,
     prefetch: int = 2,
-) -> Iterator[tuple[torch.Tensor, dict[str, Any]]]:
+) -> Iterator[tuple["torch.Tensor", dict[str, Any]]]:
     """Infinite shuffled training batches as (float32 NCHW in [-1, 1], {}).
 
     Matches improved-diffusion's ``load_data`` convention. Every batch is full;
@@ -171,7 +173,7 @@ def train_batches(
         while True:
             yield np.fromiter((next(stream) for _ in range(batch_size)), dtype=np.int64, count=batch_size)
 
-    def load(idx: np.ndarray) -> torch.Tensor:
+    def load(idx: np.ndarray) -> "torch.Tensor":
         return to_model_input(dataset.get_batch(idx), dataset.num_levels)
 
     for _, x in prefetched(load, jobs(), prefetch):

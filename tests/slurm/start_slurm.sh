@@ -68,6 +68,9 @@ pid_alive() {  # pid_alive NAME: is the daemon we recorded still running?
     [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null
 }
 
+# slurmctld only notices a dead slurmd after SlurmdTimeout, so look for the process.
+slurmd_running() { pid_alive slurmd || pgrep -x slurmd >/dev/null; }
+
 record_started() {  # record_started NAME PIDFILE
     local name=$1 pidfile=$2
     if wait_for 15 "$name pid file $pidfile" test -s "$pidfile"; then
@@ -98,7 +101,7 @@ STARTED=()
 
 # ------------------------------------------------------------ fast path
 if command -v sinfo >/dev/null && command -v sacct >/dev/null \
-   && ctld_ok && node_usable && sacct_ok; then
+   && slurmd_running && ctld_ok && node_usable && sacct_ok; then
     summary
     exit 0
 fi
@@ -119,6 +122,7 @@ if (( ${#missing[@]} )); then
         printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
         chmod 755 /usr/sbin/policy-rc.d
         own_policy=1
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
     apt_install() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
@@ -134,7 +138,7 @@ if (( ${#missing[@]} )); then
             ok=1
         fi
     fi
-    (( own_policy )) && rm -f /usr/sbin/policy-rc.d
+    if (( own_policy )); then rm -f /usr/sbin/policy-rc.d; trap - EXIT; fi
     (( ok )) || { tail -n 20 "$STATE.apt.log" >&2; die "could not install ${missing[*]} (log: $STATE.apt.log)"; }
 fi
 
@@ -303,7 +307,7 @@ else
 fi
 
 # ------------------------------------------------------------ slurmd
-if pid_alive slurmd || pgrep -x slurmd >/dev/null; then
+if slurmd_running; then
     log "slurmd already running"
 else
     rm -f "$STATE/pids/slurmd.pid"
@@ -317,7 +321,7 @@ end=$(( $(date +%s) + WAIT ))
 while ! node_usable; do
     st=$(node_state)
     case "$st" in
-        drain*|drained|down) scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true ;;
+        drain*|down) scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true ;;
     esac
     if (( $(date +%s) >= end )); then
         scontrol show node "$NODE" >&2 || true

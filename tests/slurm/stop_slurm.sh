@@ -55,7 +55,7 @@ else
     if [[ -s $STATE/started/slurmctld ]] && command -v squeue >/dev/null; then
         jobs=$(timeout 10 squeue -h -o '%i' 2>/dev/null || true)
         if [[ -n $jobs ]]; then
-            log "cancelling jobs: $(echo $jobs)"
+            log "cancelling jobs: ${jobs//$'\n'/ }"
             # shellcheck disable=SC2086
             scancel $jobs 2>/dev/null || true
             for ((i = 0; i < 40; i++)); do

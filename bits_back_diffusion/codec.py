@@ -1,0 +1,172 @@
+"""Bits-back coding of images with a diffusion model (BB-ANS over the steps of the process).
+
+`BitsBackCodec` (codec=bbans) is the reference scheme of Townsend et al. applied to the
+hierarchy z_{N-1} -> … -> z_0 -> x of `DiffusionLatentModel`:
+
+    encode: pop z_{N-1}, …, z_0 from the posterior (top-down), push x with p(x | z_0),
+            push z_0, …, z_{N-1} with the prior (z_{N-1} lands on top);
+    decode: the same lines in reverse order, with push and pop swapped.
+
+Every latent is discretized into 2^prior_prec bins of equal mass under its own prior, so
+prior codes are uniform over bin indices; the posterior is coded against those bins at
+latent_prec, the data at obs_prec. The model is called once per step in encode and in decode.
+The expected net cost per image is the negative ELBO, i.e. the VLB in bits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+
+import craystack as cs
+
+from .latent_model import DiffusionLatentModel, Gaussian
+
+
+@dataclass(frozen=True)
+class Precisions:
+    prior_prec: int = 10
+    latent_prec: int = 18
+    obs_prec: int = 24
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.prior_prec < self.latent_prec <= 32:
+            raise ValueError(
+                f"need 1 <= prior_prec < latent_prec <= 32, got prior_prec={self.prior_prec}, "
+                f"latent_prec={self.latent_prec}"
+            )
+        if not 8 <= self.obs_prec <= 32:
+            raise ValueError(f"obs_prec must lie in [8, 32], got {self.obs_prec}")
+
+
+def message_bits(message: cs.Message) -> float:
+    """Information held by a message: 32 bits per tail word plus log2 of every head lane."""
+    return 32.0 * cs.tail_length(message) + float(np.log2(message.head.astype(np.float64)).sum())
+
+
+@dataclass
+class StepTrace:
+    """Bits taken from (pop) and added to (push) the message at each respaced step, per batch."""
+
+    pop_bits: List[np.ndarray] = field(default_factory=list)
+    push_bits: List[np.ndarray] = field(default_factory=list)
+    data_bits: List[float] = field(default_factory=list)
+
+    def as_arrays(self) -> dict:
+        return {
+            "pop_bits": np.stack(self.pop_bits) if self.pop_bits else np.zeros((0, 0)),
+            "push_bits": np.stack(self.push_bits) if self.push_bits else np.zeros((0, 0)),
+            "data_bits": np.asarray(self.data_bits),
+        }
+
+
+def on_lanes(codec: cs.Codec, batch: int, full_batch: int) -> cs.Codec:
+    """Run a codec on the first `batch` images' lanes of a message sized for `full_batch`."""
+    if batch == full_batch:
+        return codec
+    return cs.substack(codec, lambda head: head[:batch])
+
+
+class BitsBackCodec:
+    """BB-ANS over all steps of a diffusion model (`codec=bbans`)."""
+
+    name = "bbans"
+
+    def __init__(self, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False):
+        self.lm = latent_model
+        self.prec = precisions
+        self.trace: Optional[StepTrace] = StepTrace() if track else None
+
+    # --- the discretization shared by encoder and decoder ------------------------------------
+    def _latent_value(self, prior: Gaussian, idx: np.ndarray) -> np.ndarray:
+        return cs.gaussian_bin_centres(prior[0], prior[1], idx, self.prec.prior_prec)
+
+    def _posterior_codec(self, posterior: Gaussian, prior: Gaussian) -> cs.Codec:
+        return cs.DiagGaussian_GaussianBins(
+            posterior[0], posterior[1], prior[0], prior[1], self.prec.latent_prec, self.prec.prior_prec
+        )
+
+    def _likelihood_codec(self, likelihood: Gaussian) -> cs.Codec:
+        return cs.DiscretizedGaussian(likelihood[0], likelihood[1], self.lm.num_levels, self.prec.obs_prec)
+
+    @staticmethod
+    def _std_prior(shape) -> Gaussian:
+        return np.zeros(shape), np.ones(shape)
+
+    def initial_words_per_lane(self) -> int:
+        """Tail words per lane that cover the worst case of one batch's posterior pops
+        (at most latent_prec bits per latent dimension per step)."""
+        return -(-self.lm.num_steps * self.prec.latent_prec // 32) + 1
+
+    # --- encode ---------------------------------------------------------------------------------
+    def encode(self, message: cs.Message, x_levels: np.ndarray) -> cs.Message:
+        """Push a batch of images (integer levels, shape (b, C, H, W)) onto the message."""
+        b, full = x_levels.shape[0], message.head.shape[0]
+        if message.head.shape[1:] != x_levels.shape[1:] or b > full:
+            raise ValueError(f"batch of shape {x_levels.shape} does not fit a message head of shape {message.head.shape}")
+        lanes = lambda codec: on_lanes(codec, b, full)  # noqa: E731
+        x = self.lm.data_to_model(x_levels)
+        uniform = lanes(cs.Uniform(self.prec.prior_prec))
+        pop_bits, push_bits = [], []
+        prior = self._std_prior(x_levels.shape)
+        indices = []
+        z_next = None
+        for t in reversed(range(self.lm.num_steps)):
+            posterior = self.lm.posterior_top(x) if z_next is None else self.lm.posterior(x, z_next, t + 1)
+            before = message_bits(message) if self.trace else 0.0
+            message, idx = lanes(self._posterior_codec(posterior, prior)).pop(message)
+            if self.trace:
+                pop_bits.append(before - message_bits(message))
+            indices.append(idx)
+            z_next = self.lm.latent_to_model(self._latent_value(prior, idx))
+            prior = self.lm.reverse(z_next, t)  # p(z_{t-1} | z_t), or the likelihood when t = 0
+        before = message_bits(message) if self.trace else 0.0
+        message, = lanes(self._likelihood_codec(prior)).push(message, x_levels)
+        if self.trace:
+            self.trace.data_bits.append(message_bits(message) - before)
+        for idx in reversed(indices):  # z_0 first, so z_{N-1} ends on top for the decoder
+            before = message_bits(message) if self.trace else 0.0
+            message, = uniform.push(message, idx)
+            if self.trace:
+                push_bits.append(message_bits(message) - before)
+        if self.trace:
+            self.trace.pop_bits.append(np.asarray(pop_bits[::-1]))  # index = step t
+            self.trace.push_bits.append(np.asarray(push_bits))
+        return message
+
+    # --- decode ---------------------------------------------------------------------------------
+    def decode(self, message: cs.Message, batch: int) -> Tuple[cs.Message, np.ndarray]:
+        """Pop the most recently pushed batch of `batch` images; returns their integer levels."""
+        full = message.head.shape[0]
+        if batch > full:
+            raise ValueError(f"cannot decode {batch} images from a message with {full} image lanes")
+        lanes = lambda codec: on_lanes(codec, batch, full)  # noqa: E731
+        shape = (batch,) + tuple(message.head.shape[1:])
+        uniform = lanes(cs.Uniform(self.prec.prior_prec))
+        prior = self._std_prior(shape)
+        priors, indices, latents = [], [], []
+        for t in reversed(range(self.lm.num_steps)):
+            message, idx = uniform.pop(message)
+            priors.append(prior)
+            indices.append(idx)
+            z = self.lm.latent_to_model(self._latent_value(prior, idx))
+            latents.append(z)
+            prior = self.lm.reverse(z, t)
+        message, x_levels = lanes(self._likelihood_codec(prior)).pop(message)
+        x = self.lm.data_to_model(x_levels)
+        # Give the posterior bits back, z_0 first (the encoder popped z_0 last).
+        for k in reversed(range(self.lm.num_steps)):  # k indexes top-down lists; t = N-1-k
+            t = self.lm.num_steps - 1 - k
+            posterior = self.lm.posterior_top(x) if k == 0 else self.lm.posterior(x, latents[k - 1], t + 1)
+            message, = lanes(self._posterior_codec(posterior, priors[k])).push(message, indices[k])
+        return message, x_levels.astype(np.int64)
+
+
+CODECS = {"bbans": BitsBackCodec}
+
+
+def build_codec(name: str, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False):
+    if name not in CODECS:
+        raise ValueError(f"unknown codec {name!r}; choose one of {', '.join(sorted(CODECS))} (codec=<name>)")
+    return CODECS[name](latent_model, precisions, track=track)

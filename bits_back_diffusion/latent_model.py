@@ -1,0 +1,77 @@
+"""A diffusion model seen as a hierarchical latent-variable model over its (respaced) steps.
+
+    prior      p(z_{N-1}) = N(0, I)
+    transition p(z_t | z_{t+1})      from p_mean_variance(z_{t+1}, t+1)
+    likelihood p(x | z_0)            discretized Gaussian from p_mean_variance(z_0, 0)
+    posterior  q(z_{N-1} | x)        from q_mean_variance(x, N-1)
+               q(z_t | z_{t+1}, x)   from q_posterior_mean_variance(x, z_{t+1}, t+1)
+
+Parameters come back as float64 NumPy arrays (exact copies of the float32 torch values) so the
+entropy coder sees bit-identical inputs in encode and decode.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Tuple
+
+import numpy as np
+import torch
+
+from improved_diffusion.respace import SpacedDiffusion
+
+Gaussian = Tuple[np.ndarray, np.ndarray]  # (mean, std)
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+@dataclass
+class DiffusionLatentModel:
+    """Adapter from (UNet, diffusion) to the Gaussians the bits-back codecs need."""
+
+    model: torch.nn.Module
+    diffusion: SpacedDiffusion
+    device: torch.device
+    clip_denoised: bool = True
+    likelihood_std_min: float = 1e-6
+    model_evals: int = field(default=0, init=False)
+
+    @property
+    def num_steps(self) -> int:
+        return self.diffusion.num_timesteps
+
+    @property
+    def num_levels(self) -> int:
+        return self.diffusion.num_levels
+
+    def data_to_model(self, x_levels: np.ndarray) -> torch.Tensor:
+        """Integer levels -> model space [-1, 1], float32 on the device."""
+        scale = 2.0 / (self.num_levels - 1)
+        return torch.from_numpy(np.asarray(x_levels, dtype=np.float32) * np.float32(scale) - np.float32(1.0)).to(self.device)
+
+    def latent_to_model(self, z: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(z, dtype=np.float32)).to(self.device)
+
+    def _steps(self, t: int, batch: int) -> torch.Tensor:
+        return torch.full((batch,), t, dtype=torch.long, device=self.device)
+
+    def reverse(self, z: torch.Tensor, t: int) -> Gaussian:
+        """p(z_{t-1} | z_t) for t >= 1, or the likelihood's Gaussian p(x | z_0) for t = 0: one model call."""
+        with torch.no_grad():
+            out = self.diffusion.p_mean_variance(self.model, z, self._steps(t, z.shape[0]), clip_denoised=self.clip_denoised)
+        self.model_evals += 1
+        mean, std = _np(out["mean"]), np.exp(0.5 * _np(out["log_variance"]))
+        if t == 0:
+            std = np.maximum(std, self.likelihood_std_min)
+        return mean, std
+
+    def posterior_top(self, x: torch.Tensor) -> Gaussian:
+        """q(z_{N-1} | x)."""
+        mean, _, log_var = self.diffusion.q_mean_variance(x, self._steps(self.num_steps - 1, x.shape[0]))
+        return _np(mean), np.exp(0.5 * _np(log_var))
+
+    def posterior(self, x: torch.Tensor, z_next: torch.Tensor, t_next: int) -> Gaussian:
+        """q(z_{t_next - 1} | z_{t_next}, x)."""
+        mean, _, log_var = self.diffusion.q_posterior_mean_variance(x, z_next, self._steps(t_next, x.shape[0]))
+        return _np(mean), np.exp(0.5 * _np(log_var))

@@ -1,0 +1,422 @@
+"""The diffusion training loop: AdamW, EMA, microbatches, fp16 loss scaling, DDP, checkpoints.
+
+Step counting: `step` is the number of optimizer updates done. A checkpoint saved after
+update N is ``model{N:06d}.pt`` + ``ema_{rate}_{N:06d}.pt`` (one per EMA rate) +
+``opt{N:06d}.pt`` (improved-diffusion's names), written from the unwrapped module, each file
+atomically (temporary file + ``os.replace``) and the model file last, so a checkpoint step
+whose model file exists is complete even if the process was SIGKILLed while saving. A new
+TrainLoop in the same directory resumes from the newest complete step; training stops when
+`max_steps` (or `lr_anneal_steps`) updates have been done in total, so an interrupted and
+resumed run ends at the same step as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+import warnings
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim import AdamW
+
+from . import dist_util, logger
+from .fp16_util import make_master_params, master_params_to_model_params, model_grads_to_master_grads, zero_grad
+from .resample import LossAwareSampler, ScheduleSampler, UniformSampler
+
+# Starting log2 loss scale for fp16 (improved-diffusion's value; it adapts from there).
+INITIAL_LOG_LOSS_SCALE = 20.0
+
+_MODEL_RE = re.compile(r"^model(\d+)\.pt$")
+
+
+def parse_ema_rates(ema_rate: Union[float, str, Sequence[float]]) -> list[float]:
+    """EMA rates from a float, a comma-separated string or a list; each must lie in (0, 1)."""
+    if isinstance(ema_rate, (int, float)):
+        rates = [float(ema_rate)]
+    elif isinstance(ema_rate, str):
+        rates = [float(x) for x in ema_rate.split(",") if x.strip()]
+    else:
+        rates = [float(x) for x in ema_rate]
+    bad = [r for r in rates if not 0.0 < r < 1.0]
+    if bad:
+        raise ValueError(f"EMA rates must lie strictly between 0 and 1, got {bad} (e.g. trainer.ema_rate=[0.9999]).")
+    return rates
+
+
+def parse_resume_step_from_filename(filename: str) -> int:
+    """N from ``.../modelNNNNNN.pt`` (0 when the name has no step)."""
+    match = _MODEL_RE.match(os.path.basename(filename))
+    return int(match.group(1)) if match else 0
+
+
+def checkpoint_paths(directory: str, step: int, ema_rates: Sequence[float]) -> dict[str, str]:
+    """Paths of the model, optimizer, sampler and EMA files of one checkpoint step."""
+    paths = {
+        "model": os.path.join(directory, f"model{step:06d}.pt"),
+        "opt": os.path.join(directory, f"opt{step:06d}.pt"),
+        "sampler": os.path.join(directory, f"sampler{step:06d}.pt"),
+    }
+    for rate in ema_rates:
+        paths[f"ema_{rate}"] = os.path.join(directory, f"ema_{rate}_{step:06d}.pt")
+    return paths
+
+
+def find_resume_checkpoint(directory: Optional[str]) -> Optional[int]:
+    """Newest step in `directory` whose model and optimizer files both exist."""
+    if not directory or not os.path.isdir(directory):
+        return None
+    steps = []
+    for name in os.listdir(directory):
+        match = _MODEL_RE.match(name)
+        if match:
+            step = int(match.group(1))
+            if os.path.exists(os.path.join(directory, f"opt{step:06d}.pt")):
+                steps.append(step)
+    return max(steps) if steps else None
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save to a temporary file in the same folder, then rename over `path`."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _remove_stale_tmp_files(directory: str) -> None:
+    for name in os.listdir(directory):
+        if name.startswith(".") and ".pt.tmp-" in name:
+            os.remove(os.path.join(directory, name))
+
+
+class TrainLoop:
+    """Trains `model` on `diffusion.training_losses` with batches drawn from `data`.
+
+    batch_size is per rank; microbatch <= 0 means one microbatch per batch. Gradients of
+    microbatches are weighted by their share of the batch, so the update equals the full-batch
+    mean gradient whatever the microbatch size.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        diffusion: Any,
+        data: Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]],
+        batch_size: int,
+        microbatch: int,
+        lr: float,
+        ema_rate: Union[float, str, Sequence[float]],
+        log_interval: int,
+        save_interval: int,
+        resume_checkpoint: Optional[str],
+        use_fp16: bool = False,
+        fp16_scale_growth: float = 1e-3,
+        schedule_sampler: Optional[ScheduleSampler] = None,
+        weight_decay: float = 0.0,
+        lr_anneal_steps: int = 0,
+        max_steps: Optional[int] = 0,
+        save_dir: Optional[str] = None,
+        progress: bool = True,
+    ):
+        _check_positive(batch_size=batch_size, log_interval=log_interval, save_interval=save_interval)
+        if not lr > 0:
+            raise ValueError(f"lr must be positive, got {lr}.")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
+        if (lr_anneal_steps or 0) < 0 or (max_steps or 0) < 0:
+            raise ValueError("lr_anneal_steps and max_steps must be >= 0 (0 or null means no limit).")
+
+        self.model = model
+        self.diffusion = diffusion
+        self.data = data
+        self.batch_size = int(batch_size)
+        self.microbatch = int(microbatch) if microbatch and microbatch > 0 else self.batch_size
+        self.lr = float(lr)
+        self.ema_rate = parse_ema_rates(ema_rate)
+        self.log_interval = int(log_interval)
+        self.save_interval = int(save_interval)
+        self.resume_checkpoint = resume_checkpoint or None
+        self.fp16_scale_growth = float(fp16_scale_growth)
+        self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
+        self.weight_decay = float(weight_decay)
+        self.lr_anneal_steps = int(lr_anneal_steps or 0)
+        self.max_steps = int(max_steps or 0)
+        self.save_dir = save_dir or logger.get_dir()
+        if not self.save_dir:
+            raise ValueError("TrainLoop needs save_dir (or a logger configured with a directory).")
+        self.progress = progress
+
+        self.rank = dist_util.get_rank()
+        self.world_size = dist_util.get_world_size()
+        self.global_batch = self.batch_size * self.world_size
+        self.device = next(model.parameters()).device
+        self.use_fp16 = bool(use_fp16)
+        if self.use_fp16 and self.device.type != "cuda":
+            msg = "use_fp16=True needs a GPU; training in float32 on the CPU instead."
+            warnings.warn(msg, stacklevel=2)
+            logger.warn(f"WARNING: {msg}")
+            self.use_fp16 = False
+        if self.use_fp16 and not hasattr(model, "convert_to_fp16"):
+            raise ValueError(f"use_fp16=True needs a model with convert_to_fp16(); {type(model).__name__} has none.")
+        self.lg_loss_scale = INITIAL_LOG_LOSS_SCALE
+
+        self.step = 0
+        if self.rank == 0:
+            os.makedirs(self.save_dir, exist_ok=True)
+            _remove_stale_tmp_files(self.save_dir)
+        dist_util.barrier()
+
+        self.param_names = [name for name, _ in model.named_parameters()]
+        self.model_params = list(model.parameters())
+        loaded = self._load_checkpoint()
+        dist_util.sync_params(self.model.parameters())
+        dist_util.sync_params(self.model.buffers())
+
+        if self.use_fp16:
+            self.master_params = make_master_params(self.model_params, flat=False)
+            self.model.convert_to_fp16()
+        else:
+            self.master_params = self.model_params
+        self.opt = AdamW(self.master_params, lr=self.lr, weight_decay=self.weight_decay)
+        if loaded.get("opt") is not None:
+            self.opt.load_state_dict(loaded["opt"])
+        self.ema_params = []
+        for rate in self.ema_rate:
+            state = loaded.get(f"ema_{rate}")
+            if state is not None:
+                self.ema_params.append([state[n].to(self.device, torch.float32).clone() for n in self.param_names])
+            else:
+                self.ema_params.append([p.detach().float().clone() for p in self.master_params])
+        if loaded.get("sampler") is not None and hasattr(self.schedule_sampler, "load_state_dict"):
+            self.schedule_sampler.load_state_dict({k: v.numpy() for k, v in loaded["sampler"].items()})
+
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model: nn.Module = DDP(
+                self.model,
+                device_ids=ids,
+                output_device=ids[0] if ids else None,
+                bucket_cap_mb=128,
+                find_unused_parameters=False,
+            )
+        else:
+            self.ddp_model = self.model
+        self._last_saved = self.step
+        self._tic = time.time()
+        self._tic_step = self.step
+
+    # ------------------------------------------------------------------ checkpoints
+    def _load_checkpoint(self) -> dict[str, Any]:
+        """Load the newest complete checkpoint of save_dir (else resume_checkpoint) into the model."""
+        step = find_resume_checkpoint(self.save_dir)
+        if step is not None:
+            paths = checkpoint_paths(self.save_dir, step, self.ema_rate)
+        elif self.resume_checkpoint:
+            if not os.path.isfile(self.resume_checkpoint):
+                raise FileNotFoundError(
+                    f"resume_checkpoint {self.resume_checkpoint} does not exist; give the path of a model<step>.pt file."
+                )
+            step = parse_resume_step_from_filename(self.resume_checkpoint)
+            paths = checkpoint_paths(os.path.dirname(os.path.abspath(self.resume_checkpoint)), step, self.ema_rate)
+            paths["model"] = self.resume_checkpoint
+        else:
+            return {}
+
+        self.model.load_state_dict(dist_util.load_state_dict(paths["model"]))
+        self.step = step
+        loaded: dict[str, Any] = {}
+        report = [f"model <- {paths['model']}"]
+        for key, path in paths.items():
+            if key == "model":
+                continue
+            if os.path.exists(path):
+                loaded[key] = dist_util.load_state_dict(path)
+                report.append(f"{key} <- {path}")
+            elif key != "sampler":
+                report.append(f"{key}: NOT FOUND ({path}), starting it fresh")
+        banner = "=" * 72
+        logger.log(banner)
+        logger.log(f"RESUMING TRAINING AT STEP {step} ({step * self.global_batch} samples seen)")
+        for line in report:
+            logger.log(f"  {line}")
+        logger.log(banner)
+        return loaded
+
+    def _params_to_state_dict(self, params: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        for name, value in zip(self.param_names, params):
+            state[name] = value.detach().float().cpu().clone()
+        return state
+
+    def save(self) -> None:
+        """Write the checkpoint of the current step (rank 0), model file last; all ranks wait."""
+        if self.rank == 0:
+            paths = checkpoint_paths(self.save_dir, self.step, self.ema_rate)
+            for rate, params in zip(self.ema_rate, self.ema_params):
+                atomic_save(self._params_to_state_dict(params), paths[f"ema_{rate}"])
+            atomic_save(self.opt.state_dict(), paths["opt"])
+            if hasattr(self.schedule_sampler, "state_dict"):
+                atomic_save({k: torch.from_numpy(v) for k, v in self.schedule_sampler.state_dict().items()}, paths["sampler"])
+            atomic_save(self._params_to_state_dict(self.master_params), paths["model"])
+            logger.log(f"saved checkpoint at step {self.step} to {self.save_dir}")
+        self._last_saved = self.step
+        dist_util.barrier()
+
+    # ------------------------------------------------------------------ training
+    def _done(self) -> bool:
+        limits = [n for n in (self.max_steps, self.lr_anneal_steps) if n]
+        return bool(limits) and self.step >= min(limits)
+
+    def run_loop(self) -> int:
+        """Train until max_steps / lr_anneal_steps (forever if both are 0); returns the final step."""
+        total = min([n for n in (self.max_steps, self.lr_anneal_steps) if n], default=None)
+        bar = None
+        if self.progress and self.rank == 0:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        try:
+            while not self._done():
+                batch, cond = next(self.data)
+                before = self.step
+                self.run_step(batch, cond)
+                if self.step == before:
+                    continue  # fp16 overflow: the update was skipped
+                if bar is not None:
+                    bar.update(1)
+                if self.step % self.log_interval == 0:
+                    self._log_throughput()
+                    kvs = logger.dumpkvs()
+                    if bar is not None and "loss" in kvs:
+                        bar.set_postfix(loss=f"{kvs['loss']:.4g}")
+                if self.step % self.save_interval == 0:
+                    self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+        if self._last_saved != self.step:
+            self.save()
+        return self.step
+
+    def run_step(self, batch: torch.Tensor, cond: dict[str, torch.Tensor]) -> None:
+        """One optimizer update (skipped, with a smaller loss scale, if fp16 gradients overflow)."""
+        self.forward_backward(batch, cond)
+        took_step = self.optimize_fp16() if self.use_fp16 else self.optimize_normal()
+        if took_step:
+            self.step += 1
+        self.log_step()
+
+    def forward_backward(self, batch: torch.Tensor, cond: dict[str, torch.Tensor]) -> None:
+        zero_grad(self.model_params)
+        n = batch.shape[0]
+        if n == 0:
+            raise ValueError("The data iterator yielded an empty batch.")
+        for i in range(0, n, self.microbatch):
+            micro = batch[i : i + self.microbatch].to(self.device)
+            micro_cond = {k: v[i : i + self.microbatch].to(self.device) for k, v in cond.items()}
+            last = i + self.microbatch >= n
+            t, weights = self.schedule_sampler.sample(micro.shape[0], self.device)
+
+            def compute() -> dict[str, torch.Tensor]:
+                return self.diffusion.training_losses(self.ddp_model, micro, t, model_kwargs=micro_cond)
+
+            if last or self.world_size == 1:
+                losses = compute()
+            else:
+                with self.ddp_model.no_sync():
+                    losses = compute()
+            if isinstance(self.schedule_sampler, LossAwareSampler):
+                self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
+            loss = (losses["loss"] * weights).mean() * (micro.shape[0] / n)
+            log_loss_dict(self.diffusion, t, {k: v * weights for k, v in losses.items()})
+            if self.use_fp16:
+                (loss * 2**self.lg_loss_scale).backward()
+            else:
+                loss.backward()
+
+    def optimize_fp16(self) -> bool:
+        if any(p.grad is not None and not torch.isfinite(p.grad).all() for p in self.model_params):
+            self.lg_loss_scale -= 1
+            logger.log(f"Found NaN/inf gradients, decreased lg_loss_scale to {self.lg_loss_scale}")
+            return False
+        model_grads_to_master_grads(self.model_params, self.master_params)
+        for p in self.master_params:
+            p.grad.mul_(1.0 / 2**self.lg_loss_scale)
+        self._step_optimizer()
+        master_params_to_model_params(self.model_params, self.master_params)
+        self.lg_loss_scale += self.fp16_scale_growth
+        return True
+
+    def optimize_normal(self) -> bool:
+        self._step_optimizer()
+        return True
+
+    def _step_optimizer(self) -> None:
+        self._log_grad_norm()
+        self._anneal_lr()
+        self.opt.step()
+        with torch.no_grad():
+            for rate, params in zip(self.ema_rate, self.ema_params):
+                update_ema(params, self.master_params, rate)
+
+    def _log_grad_norm(self) -> None:
+        sq = sum(float((p.grad.float() ** 2).sum()) for p in self.master_params if p.grad is not None)
+        logger.logkv_mean("grad_norm", math.sqrt(sq))
+
+    def _anneal_lr(self) -> None:
+        if not self.lr_anneal_steps:
+            return
+        lr = self.lr * max(0.0, 1.0 - self.step / self.lr_anneal_steps)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+    def log_step(self) -> None:
+        logger.logkv("step", self.step)
+        logger.logkv("samples", self.step * self.global_batch)
+        logger.logkv("lr", self.opt.param_groups[0]["lr"])
+        if self.use_fp16:
+            logger.logkv("lg_loss_scale", self.lg_loss_scale)
+
+    def _log_throughput(self) -> None:
+        now = time.time()
+        steps = self.step - self._tic_step
+        if steps > 0 and now > self._tic:
+            logger.logkv("samples_per_sec", steps * self.global_batch / (now - self._tic))
+        self._tic, self._tic_step = now, self.step
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def update_ema(target: Sequence[torch.Tensor], source: Sequence[torch.Tensor], rate: float) -> None:
+    """target <- rate * target + (1 - rate) * source, in place."""
+    for t, s in zip(target, source):
+        t.mul_(rate).add_(s.detach().to(t.dtype), alpha=1.0 - rate)
+
+
+def log_loss_dict(diffusion: Any, ts: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
+    """Log each loss term's batch mean and its mean within each quarter of the timesteps (key_q0..q3)."""
+    quartile = (4 * ts.detach().cpu().numpy() // diffusion.num_timesteps).astype(int)
+    for key, values in losses.items():
+        vals = values.detach().float().cpu().numpy().reshape(-1)
+        logger.logkv_mean(key, float(vals.mean()), count=len(vals))
+        for q in np.unique(quartile):
+            sel = vals[quartile == q]
+            logger.logkv_mean(f"{key}_q{q}", float(sel.mean()), count=len(sel))
