@@ -1,0 +1,112 @@
+"""Resumable state of a long encode/decode: the message and running statistics, one `.npz` per save.
+
+Files are written atomically (temporary file + rename), so a run killed at any moment leaves
+either the previous or the new checkpoint, never half of one. Loading checks the metadata against
+the current run and refuses, with the reason, to continue from anything that would not decode.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+import craystack as cs
+
+PHASES = ("encode", "decode")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used to resume (corrupt, or written by a different setup)."""
+
+
+def checkpoint_name(phase: str, samples: int, rank: int, world_size: int) -> str:
+    suffix = f".rank{rank}" if world_size > 1 else ""
+    return f"{phase}-ckpt{samples}{suffix}.npz"
+
+
+def list_checkpoints(run_dir: str, phase: str, rank: int, world_size: int) -> List[tuple[int, str]]:
+    """(samples, path) of this rank's checkpoints of a phase, oldest first."""
+    suffix = re.escape(f".rank{rank}") if world_size > 1 else ""
+    pattern = re.compile(rf"^{phase}-ckpt(\d+){suffix}\.npz$")
+    found = []
+    if os.path.isdir(run_dir):
+        for name in os.listdir(run_dir):
+            match = pattern.match(name)
+            if match:
+                found.append((int(match.group(1)), os.path.join(run_dir, name)))
+    return sorted(found)
+
+
+@dataclass
+class CodecState:
+    """Everything needed to continue: the message, progress and statistics so far."""
+
+    phase: str
+    batches_done: int
+    samples_done: int
+    message: cs.Message
+    meta: Dict[str, Any]
+    stats: Dict[str, Any] = field(default_factory=dict)
+    arrays: Dict[str, np.ndarray] = field(default_factory=dict)
+
+    def save(self, path: str) -> None:
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(
+                f,
+                message=cs.flatten(self.message),
+                head_shape=np.asarray(self.message.head.shape, dtype=np.int64),
+                info=np.frombuffer(json.dumps({
+                    "phase": self.phase, "batches_done": self.batches_done, "samples_done": self.samples_done,
+                    "meta": self.meta, "stats": self.stats,
+                }).encode(), dtype=np.uint8),
+                **{f"array_{k}": v for k, v in self.arrays.items()},
+            )
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "CodecState":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                info = json.loads(bytes(data["info"]).decode())
+                message = cs.unflatten(data["message"], tuple(int(v) for v in data["head_shape"]))
+                arrays = {k[len("array_"):]: data[k] for k in data.files if k.startswith("array_")}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: {exc}); delete it to resume "
+                "from the previous checkpoint, or start a fresh run dir"
+            ) from None
+        if info.get("phase") not in PHASES:
+            raise CheckpointError(f"checkpoint {path} has unknown phase {info.get('phase')!r}")
+        return cls(info["phase"], int(info["batches_done"]), int(info["samples_done"]), message,
+                   info["meta"], info.get("stats", {}), arrays)
+
+    def check_meta(self, expected: Dict[str, Any], path: str) -> None:
+        """Refuse to continue a run whose settings differ (the bits would not decode)."""
+        for key, value in expected.items():
+            saved = self.meta.get(key)
+            if saved != value:
+                if key == "model_sha256":
+                    raise CheckpointError(
+                        f"checkpoint {path} was written with a different model (weights sha256 {str(saved)[:16]}…, "
+                        f"now {str(value)[:16]}…); resume with the original evaluator.model_path, or use a fresh run dir"
+                    )
+                raise CheckpointError(
+                    f"checkpoint {path} was written with {key}={saved!r} but this run has {key}={value!r}; "
+                    "rerun with the original settings, or use a fresh run dir"
+                )
+
+
+def newest_state(run_dir: str, phase: str, rank: int, world_size: int) -> Optional[tuple[str, CodecState]]:
+    found = list_checkpoints(run_dir, phase, rank, world_size)
+    if not found:
+        return None
+    path = found[-1][1]
+    return path, CodecState.load(path)

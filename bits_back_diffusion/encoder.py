@@ -1,0 +1,263 @@
+"""Compressing a whole (sharded) dataset into one message, resumably, and proving it decodes.
+
+One message per rank. Images are pushed batch after batch; decoding pops them in reverse order
+(the message is a stack) and compares every batch with the input. Rates are in bits/dim:
+
+    rate_total      all bits of the final message, the initial random bits included
+    rate_effective  bits added to the message: final − initial
+    rate_used       rate_effective plus the initial bits the first batch actually consumed
+
+Bits are counted as message information (32 per tail word plus log2 of each 64-bit head lane);
+rate_total counts whole stored words.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+import craystack as cs
+from improved_diffusion import dist_util, logger
+
+from .codec import message_bits
+from .codec_checkpoints import CodecState, checkpoint_name, newest_state
+from .data import ImageSet, eval_batches, eval_indices
+
+INITIAL_SEED_OFFSET = 7919
+
+
+class RoundtripError(RuntimeError):
+    """A decoded batch differs from the input: the compressed message is not trustworthy."""
+
+
+@dataclass
+class EncodePlan:
+    """Which images this rank codes, in which batches, and the settings the message depends on."""
+
+    batch_size: int
+    num_samples: int
+    rank: int
+    world_size: int
+    image_shape: tuple
+    meta: Dict[str, Any]
+    batch_sizes: List[int] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, dataset: ImageSet, batch_size: int, num_samples: int, rank: int, world_size: int,
+              meta: Dict[str, Any]) -> "EncodePlan":
+        ids = eval_indices(dataset, num_samples, rank, world_size)
+        sizes = [min(batch_size, len(ids) - s) for s in range(0, len(ids), batch_size)]
+        shape = (dataset.channels, dataset.image_size, dataset.image_size)
+        return cls(batch_size, num_samples, rank, world_size, shape, meta, sizes)
+
+    @property
+    def head_shape(self) -> tuple:
+        return (self.batch_size,) + self.image_shape
+
+    @property
+    def samples(self) -> int:
+        return sum(self.batch_sizes)
+
+    def dims(self, batches: Optional[int] = None) -> int:
+        count = sum(self.batch_sizes[: len(self.batch_sizes) if batches is None else batches])
+        return count * int(np.prod(self.image_shape))
+
+
+def validate_batch(x: np.ndarray, shape: tuple, num_levels: int, batch_index: int) -> np.ndarray:
+    """Images must be integer levels in [0, num_levels) of the model's shape; say which batch is not."""
+    if tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"batch {batch_index}: images have shape {tuple(x.shape[1:])}, the model expects {tuple(shape)}")
+    if x.min() < 0 or x.max() >= num_levels:
+        raise ValueError(
+            f"batch {batch_index}: pixel levels span [{int(x.min())}, {int(x.max())}] but the data has "
+            f"{num_levels} levels [0, {num_levels - 1}]; check data.num_levels"
+        )
+    return x.astype(np.int64)
+
+
+class DatasetCoder:
+    """Runs `codec` over this rank's images with checkpoints every `save_interval` samples."""
+
+    def __init__(self, codec, dataset: ImageSet, plan: EncodePlan, run_dir: str, save_interval: int,
+                 seed: int, show_progress: bool = True, vlb_fn=None):
+        self.codec = codec
+        self.dataset = dataset
+        self.plan = plan
+        self.run_dir = run_dir
+        self.save_interval = max(int(save_interval), 1)
+        self.seed = seed
+        self.show_progress = show_progress
+        self.vlb_fn = vlb_fn
+
+    # --- the initial message ---------------------------------------------------------------
+    def initial_message(self) -> cs.Message:
+        """Random bits the first batch borrows from; reproducible from the seed and rank."""
+        words = self.codec.initial_words_per_lane() * int(np.prod(self.plan.head_shape))
+        return cs.random_message(words, self.plan.head_shape, seed=self.seed + INITIAL_SEED_OFFSET + self.plan.rank)
+
+    def _path(self, phase: str, samples: int) -> str:
+        return os.path.join(self.run_dir, checkpoint_name(phase, samples, self.plan.rank, self.plan.world_size))
+
+    def _resume(self, phase: str) -> Optional[CodecState]:
+        found = newest_state(self.run_dir, phase, self.plan.rank, self.plan.world_size)
+        if found is None:
+            return None
+        path, state = found
+        state.check_meta(self.plan.meta, path)
+        logger.log(f"RESUMING {phase} from {path}: {state.samples_done} images ({state.batches_done} batches) done")
+        return state
+
+    def _bar(self, total: int, initial: int, desc: str):
+        return tqdm(total=total, initial=initial, desc=desc, unit="img", disable=not self.show_progress)
+
+    # --- encode ----------------------------------------------------------------------------------
+    def encode(self) -> CodecState:
+        state = self._resume("encode")
+        if state is None:
+            msg0 = self.initial_message()
+            state = CodecState("encode", 0, 0, msg0, self.plan.meta, {
+                "initial_bits": message_bits(msg0), "initial_bytes": 4 * len(cs.flatten(msg0)),
+                "initial_tail_words": cs.tail_length(msg0),
+                "consumed_bits": None, "encode_seconds": 0.0, "model_evals": 0, "vlb_sum": 0.0, "vlb_count": 0,
+            })
+        if state.batches_done == len(self.plan.batch_sizes):
+            return state
+        stats, message = state.stats, state.message
+        bar = self._bar(self.plan.samples, state.samples_done, "encode")
+        self._start_clock()
+        traces = {k: list(v) for k, v in state.arrays.items()}
+        for batch in eval_batches(self.dataset, self.plan.batch_size, self.plan.num_samples, self.plan.rank,
+                                  self.plan.world_size, start_batch=state.batches_done):
+            x = validate_batch(batch.x, self.plan.image_shape, self.dataset.num_levels, batch.index)
+            if batch.index == 0:
+                message = cs.reset_low_water(message)
+            message = self.codec.encode(message, x)
+            if batch.index == 0:
+                consumed_words = stats["initial_tail_words"] - cs.low_water(message) + cs.empty_pops(message)
+                stats["consumed_bits"] = 32.0 * consumed_words
+            if self.vlb_fn is not None:
+                totals = self.vlb_fn(x, batch.ids)
+                stats["vlb_sum"] += float(np.sum(totals))
+                stats["vlb_count"] += len(totals)
+            self._collect_trace(traces)
+            state = CodecState("encode", batch.index + 1, state.samples_done + len(x), message, self.plan.meta, stats)
+            bar.update(len(x))
+            bar.set_postfix(rate=f"{self._rate_effective(state):.4f}")
+            self._maybe_save(state, traces, final=batch.index + 1 == len(self.plan.batch_sizes))
+        bar.close()
+        return state
+
+    def _rate_effective(self, state: CodecState) -> float:
+        return (message_bits(state.message) - state.stats["initial_bits"]) / max(self.plan.dims(state.batches_done), 1)
+
+    def _collect_trace(self, traces: Dict[str, list]) -> None:
+        trace = self.codec.trace
+        if trace is None:
+            return
+        for key, value in trace.as_arrays().items():
+            if len(value):
+                traces.setdefault(key, []).append(np.asarray(value)[-1])
+
+    def _start_clock(self) -> None:
+        self._clock = (time.time(), self.codec.lm.model_evals)
+
+    def _maybe_save(self, state: CodecState, traces, final: bool) -> None:
+        """Save when this batch crossed a multiple of save_interval samples, and at the end."""
+        previous = state.samples_done - self.plan.batch_sizes[-state.batches_done if state.phase == "decode" else state.batches_done - 1]
+        if not (final or state.samples_done // self.save_interval > previous // self.save_interval):
+            return
+        started, evals0 = self._clock
+        key = f"{state.phase}_seconds"
+        state.stats[key] = state.stats.get(key, 0.0) + time.time() - started
+        state.stats["model_evals"] = state.stats.get("model_evals", 0) + self.codec.lm.model_evals - evals0
+        state.arrays = {k: np.stack(v) for k, v in traces.items() if v}
+        state.save(self._path(state.phase, state.samples_done))
+        self._start_clock()
+
+    # --- decode ----------------------------------------------------------------------------------
+    def decode(self, encoded: CodecState) -> CodecState:
+        """Pop every batch (last first), compare with the input, and check the initial bits came back."""
+        state = self._resume("decode")
+        total_batches = len(self.plan.batch_sizes)
+        if state is None:
+            state = CodecState("decode", 0, 0, encoded.message, self.plan.meta,
+                               {"decode_seconds": 0.0, "model_evals": 0})
+        message = state.message
+        bar = self._bar(self.plan.samples, state.samples_done, "decode")
+        self._start_clock()
+        ids = eval_indices(self.dataset, self.plan.num_samples, self.plan.rank, self.plan.world_size)
+        for done in range(state.batches_done, total_batches):
+            index = total_batches - 1 - done
+            size = self.plan.batch_sizes[index]
+            message, decoded = self.codec.decode(message, size)
+            batch_ids = ids[index * self.plan.batch_size: index * self.plan.batch_size + size]
+            original = np.stack([self.dataset[int(i)] for i in batch_ids]).astype(np.int64)
+            if not np.array_equal(decoded, original):
+                bad = [int(batch_ids[j]) for j in range(size) if not np.array_equal(decoded[j], original[j])]
+                raise RoundtripError(
+                    f"rank {self.plan.rank}, batch {index}: decoded images differ from the input for image ids "
+                    f"{bad[:10]}; the message in {self.run_dir} must not be trusted (model outputs were not "
+                    "bit-identical between encode and decode: check determinism settings and the device)"
+                )
+            state = CodecState("decode", done + 1, state.samples_done + size, message, self.plan.meta, state.stats)
+            bar.update(size)
+            self._maybe_save(state, {}, final=done + 1 == total_batches)
+        bar.close()
+        restored = cs.message_equal(message, self.initial_message())
+        state.stats["message_restored"] = bool(restored)
+        if not restored:
+            raise RoundtripError(
+                f"rank {self.plan.rank}: all images decoded, but the message did not return to the initial random "
+                "bits; the bits-back accounting is broken"
+            )
+        return state
+
+
+def summarize(states: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Aggregate per-rank statistics (lists gathered on rank 0) into dataset-level rates."""
+    dims = sum(s["dims"] for s in states)
+    final_bits = sum(s["final_bits"] for s in states)
+    initial_bits = sum(s["initial_bits"] for s in states)
+    consumed = sum(s["consumed_bits"] or 0.0 for s in states)
+    total_bytes = sum(s["final_bytes"] for s in states)
+    vlb_count = sum(s["vlb_count"] for s in states)
+    return {
+        "samples": sum(s["samples"] for s in states),
+        "rate_total": 8.0 * total_bytes / dims,
+        "rate_effective": (final_bits - initial_bits) / dims,
+        "rate_used": (final_bits - initial_bits + consumed) / dims,
+        "bytes_total": total_bytes,
+        "initial_bytes": sum(s["initial_bytes"] for s in states),
+        "initial_bytes_used": consumed / 8.0,
+        "vlb": sum(s["vlb_sum"] for s in states) / vlb_count if vlb_count else None,
+        "encode_seconds": max(s["encode_seconds"] for s in states),
+        "decode_seconds": max(s.get("decode_seconds", 0.0) for s in states),
+        "model_evaluations": sum(s["model_evals"] for s in states),
+    }
+
+
+def rank_stats(plan: EncodePlan, encoded: CodecState, decoded: Optional[CodecState]) -> Dict[str, Any]:
+    stats = dict(encoded.stats)
+    return {
+        "dims": plan.dims(),
+        "samples": plan.samples,
+        "final_bits": message_bits(encoded.message),
+        "final_bytes": 4 * len(cs.flatten(encoded.message)),
+        "initial_bits": stats["initial_bits"],
+        "initial_bytes": stats["initial_bytes"],
+        "consumed_bits": stats.get("consumed_bits"),
+        "vlb_sum": stats.get("vlb_sum", 0.0),
+        "vlb_count": stats.get("vlb_count", 0),
+        "encode_seconds": stats.get("encode_seconds", 0.0),
+        "decode_seconds": decoded.stats.get("decode_seconds", 0.0) if decoded else 0.0,
+        "model_evals": stats.get("model_evals", 0) + (decoded.stats.get("model_evals", 0) if decoded else 0),
+        "roundtrip_ok": decoded is not None and decoded.stats.get("message_restored", False),
+    }
+
+
+def gather_stats(stats: Dict[str, Any]) -> List[Dict[str, Any]]:
+    return dist_util.all_gather_object(stats)
