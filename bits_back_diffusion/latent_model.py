@@ -35,6 +35,8 @@ class DiffusionLatentModel:
     device: torch.device
     clip_denoised: bool = True
     likelihood_std_min: float = 1e-6
+    # A variance output far outside the learned range would under/overflow exp(); bins need 0 < std < inf.
+    std_range: Tuple[float, float] = (1e-12, 1e12)
     model_evals: int = field(default=0, init=False)
 
     @property
@@ -61,9 +63,9 @@ class DiffusionLatentModel:
         with torch.no_grad():
             out = self.diffusion.p_mean_variance(self.model, z, self._steps(t, z.shape[0]), clip_denoised=self.clip_denoised)
         self.model_evals += 1
-        mean, std = _np(out["mean"]), np.exp(0.5 * _np(out["log_variance"]))
-        if t == 0:
-            std = np.maximum(std, self.likelihood_std_min)
+        mean = _np(out["mean"])
+        low = max(self.std_range[0], self.likelihood_std_min if t == 0 else 0.0)
+        std = np.clip(np.exp(0.5 * _np(out["log_variance"])), low, self.std_range[1])
         return mean, std
 
     def posterior_top(self, x: torch.Tensor) -> Gaussian:

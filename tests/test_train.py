@@ -281,7 +281,7 @@ def test_slurm_nodelist_parsing(monkeypatch):
 def test_helpers_behave_as_one_process_and_missing_checkpoint_is_clear(tmp_path):
     assert dist_util.broadcast_object({"a": 1}) == {"a": 1}
     assert dist_util.all_gather_object(3) == [3] * dist_util.get_world_size()
-    assert dist_util.dev() == torch.device("cpu")
+    assert dist_util.dev().type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(FileNotFoundError, match="Checkpoint not found"):
         dist_util.load_state_dict(str(tmp_path / "nope.pt"))
     with pytest.raises(ValueError, match="Unknown torch.distributed backend 'bogus'"):

@@ -1,0 +1,241 @@
+"""Bit-Swap coding of images with a diffusion model (`codec=bitswap`).
+
+Why not BB-ANS: the reference scheme (`codec.BitsBackCodec`) pops all N latents before it
+pushes anything, so every ANS lane must start with about N x latent_prec bits of initial
+(random) bits, which a real file has to contain. The forward process of a diffusion model is a
+Markov chain, q(z_t | z_{t-1}) = N(sqrt(1 - b_t) z_{t-1}, b_t I) over the respaced betas b_t
+(z_{-1} = x in model space, so q(z_0 | x) uses b_0), which allows the interleaving of Bit-Swap
+(Kingma, Abbeel & Ho, ICML 2019):
+
+    encode x: for t = 0 .. N-1: pop z_t with q(z_t | z_{t-1}), then push z_{t-1} with
+              p(z_{t-1} | z_t) (for t = 0: push x with the discretized likelihood p(x | z_0));
+              finally push z_{N-1} with N(0, I).
+    decode:   pop z_{N-1} with N(0, I); for t = N-1 .. 0: pop z_{t-1} with p(. | z_t), push z_t
+              back with q(z_t | z_{t-1}).
+
+The message is never short of more than about one pop beyond what was already pushed, so the
+borrowed (initial) bits stay near one step's worth whatever N is; the expected net cost is
+still the negative ELBO. Both directions call the model once per step (`reverse(z_t, t)`).
+
+Discretization. z_t is coded by q(z_t | z_{t-1}) (known to the encoder only) and by
+p(z_t | z_{t+1}) (known to the decoder only), so its bins may depend on neither: every latent
+uses the same 2**bin_prec bins of equal mass under N(0, 1) (`DiagGaussian_StdBins`), and a
+latent's value is its bin centre. The top prior N(0, I) is then exactly uniform over the bins.
+
+Precisions. `Precisions.prior_prec` is the bin precision (as in BB-ANS, where it also sets the
+number of bins per latent), `latent_prec` the coding precision of the latent Gaussians and
+`obs_prec` that of the data. Defaults `BITSWAP_PRECISIONS` = (20, 32, 24):
+
+* A bin of N(0, 1) around z is sqrt(2 pi) exp(z^2 / 2) / 2**bin_prec wide. The narrowest
+  Gaussian coded is q(z_0 | x) of the 4000-step cosine schedule, sigma = sqrt(b_0) = 3.14e-3,
+  centred within |z| <= 1 + 3 sigma, where 20 bits give bins of <= 4.0e-6 (790 bins per sigma).
+  Coding with bins of width d instead of densities changes each step's cost by O((d / sigma)^2),
+  about 1e-6 here. `check_bin_precision` requires at least `MIN_BINS_PER_SIGMA` = 32 bins per
+  sigma at every step (16 bits is the least for that schedule); 24 bits would gain nothing
+  measurable, borrow 4 more bits per lane and need 2 x 128 MiB of bin tables instead of 2 x 8.
+* Every bin gets a frequency >= 1 out of 2**latent_prec, i.e. an extra mass of
+  2**(bin_prec - latent_prec) = 2**-12 that mostly cancels between the pop and the push of the
+  same latent; 32 bits (craystack's maximum) keeps it and the rounding of bin masses negligible.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+
+import craystack as cs
+
+from .codec import Precisions, StepTrace, message_bits, on_lanes
+from .latent_model import DiffusionLatentModel, Gaussian
+
+__all__ = [
+    "BITSWAP_PRECISIONS",
+    "MIN_BINS_PER_SIGMA",
+    "BitSwapCodec",
+    "bins_per_sigma",
+    "check_bin_precision",
+    "std_bin_width",
+]
+
+BITSWAP_PRECISIONS = Precisions(prior_prec=20, latent_prec=32, obs_prec=24)
+MIN_BINS_PER_SIGMA = 32.0
+_MAX_BIN_PREC = 24  # craystack's DiagGaussian_StdBins limit (tables of 2**bin_prec entries)
+
+
+def std_bin_width(z: np.ndarray, bin_prec: int) -> np.ndarray:
+    """Width of the equal-mass N(0, 1) bin around z: 1 / (2**bin_prec * phi(z))."""
+    z = np.asarray(z, dtype=np.float64)
+    return math.sqrt(2.0 * math.pi) * np.exp(0.5 * z * z) / float(2 ** int(bin_prec))
+
+
+def bins_per_sigma(betas: np.ndarray, bin_prec: int) -> np.ndarray:
+    """Per step t: std of q(z_t | z_{t-1}) over the bin width at the upper 3-sigma edge of z_t
+    for data in [-1, 1] (where the bins coding that step are widest in practice)."""
+    betas = np.asarray(betas, dtype=np.float64)
+    alphas_cumprod = np.cumprod(1.0 - betas)
+    z_edge = np.sqrt(alphas_cumprod) + 3.0 * np.sqrt(1.0 - alphas_cumprod)
+    return np.sqrt(betas) / std_bin_width(z_edge, bin_prec)
+
+
+def check_bin_precision(betas: np.ndarray, bin_prec: int) -> None:
+    """Refuse a bin precision too coarse for the process: the rate would drift from the VLB."""
+    ratio = bins_per_sigma(betas, bin_prec)
+    worst = int(np.argmin(ratio))
+    if ratio[worst] >= MIN_BINS_PER_SIGMA:
+        return
+    needed = int(bin_prec) + int(math.ceil(math.log2(MIN_BINS_PER_SIGMA / ratio[worst])))
+    fix = (
+        f"set codec.prior_prec={needed} (or more, up to {_MAX_BIN_PREC})"
+        if needed <= _MAX_BIN_PREC
+        else f"this process needs {needed} bits, beyond craystack's limit of {_MAX_BIN_PREC}; use fewer, "
+        "coarser steps (a respacing)"
+    )
+    raise ValueError(
+        f"codec=bitswap: prior_prec={bin_prec} (the latent bin precision) resolves step {worst} "
+        f"(sigma = {math.sqrt(float(np.asarray(betas)[worst])):.3g}) with only {ratio[worst]:.3g} bins per "
+        f"sigma, fewer than {MIN_BINS_PER_SIGMA:g}; {fix}. Default for bitswap: prior_prec="
+        f"{BITSWAP_PRECISIONS.prior_prec}, latent_prec={BITSWAP_PRECISIONS.latent_prec}"
+    )
+
+
+class BitSwapCodec:
+    """Bit-Swap over the steps of a diffusion model; same interface as `BitsBackCodec`."""
+
+    name = "bitswap"
+    default_precisions = BITSWAP_PRECISIONS
+
+    def __init__(self, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False,
+                 shuffle: bool = True):
+        if not isinstance(precisions, Precisions):
+            raise TypeError(f"precisions must be a codec.Precisions, got {type(precisions).__name__}")
+        if precisions.prior_prec > _MAX_BIN_PREC:
+            raise ValueError(
+                f"codec=bitswap: prior_prec={precisions.prior_prec} (the latent bin precision) exceeds "
+                f"craystack's limit of {_MAX_BIN_PREC}; set codec.prior_prec={BITSWAP_PRECISIONS.prior_prec}"
+            )
+        betas = np.asarray(latent_model.diffusion.betas, dtype=np.float64)
+        check_bin_precision(betas, precisions.prior_prec)
+        self.lm = latent_model
+        self.prec = precisions
+        self.trace: Optional[StepTrace] = StepTrace() if track else None
+        self._keep = np.sqrt(1.0 - betas)  # q(z_t | z_{t-1}) = N(keep_t z_{t-1}, noise_t^2)
+        self._noise = np.sqrt(betas)
+        self._centres = cs.std_gaussian_centres(precisions.prior_prec)
+        self._top = cs.Uniform(precisions.prior_prec)  # N(0, I) over its own equal-mass bins
+        self.shuffle = shuffle
+        self._perms: dict = {}
+
+    def _shuffled(self, codec: cs.Codec, t: int, batch: int, full: int, shape) -> cs.Codec:
+        if not self.shuffle:
+            return on_lanes(codec, batch, full)
+        key = (t, batch)
+        perm = self._perms.get(key)
+        if perm is None:
+            perm = np.random.default_rng([t, batch]).permutation(batch * int(np.prod(shape)))
+            self._perms[key] = perm
+        view_shape = (batch,) + tuple(shape)
+        return cs.substack(codec, lambda head: head[:batch].reshape(-1)[perm].reshape(view_shape))
+
+    # --- the discretization shared by encoder and decoder ------------------------------------
+    def _value(self, idx: np.ndarray) -> np.ndarray:
+        return self._centres[idx]
+
+    def _data_value(self, x_levels: np.ndarray) -> np.ndarray:
+        """Levels -> [-1, 1] in float64, so q(z_0 | x) is computed identically on both sides."""
+        return np.asarray(x_levels, dtype=np.float64) * (2.0 / (self.lm.num_levels - 1)) - 1.0
+
+    def _forward_codec(self, z_prev: np.ndarray, t: int) -> cs.Codec:
+        """q(z_t | z_{t-1}) over the shared bins."""
+        return cs.DiagGaussian_StdBins(
+            self._keep[t] * z_prev, self._noise[t], self.prec.latent_prec, self.prec.prior_prec
+        )
+
+    def _reverse_codec(self, gaussian: Gaussian) -> cs.Codec:
+        """p(z_{t-1} | z_t) over the shared bins."""
+        return cs.DiagGaussian_StdBins(gaussian[0], gaussian[1], self.prec.latent_prec, self.prec.prior_prec)
+
+    def _likelihood_codec(self, gaussian: Gaussian) -> cs.Codec:
+        return cs.DiscretizedGaussian(gaussian[0], gaussian[1], self.lm.num_levels, self.prec.obs_prec)
+
+    def initial_words_per_lane(self) -> int:
+        """Initial message words per lane: the two words of the head, plus enough tail words for
+        one worst-case pop (latent_prec bits per dimension). Independent of the step count."""
+        return 2 + -(-self.prec.latent_prec // 32)
+
+    # --- encode ---------------------------------------------------------------------------------
+    def _check_batch(self, message: cs.Message, x_levels: np.ndarray) -> np.ndarray:
+        x_levels = np.asarray(x_levels)
+        head = message.head.shape
+        if x_levels.ndim != 4 or x_levels.shape[1:] != head[1:] or not 1 <= x_levels.shape[0] <= head[0]:
+            raise ValueError(
+                f"batch of shape {x_levels.shape} does not fit a message head of shape {head}: expected "
+                f"(b, {', '.join(map(str, head[1:]))}) with 1 <= b <= {head[0]}"
+            )
+        if x_levels.dtype.kind not in "iu":
+            raise ValueError(f"images must be integer levels, got dtype {x_levels.dtype}")
+        k = self.lm.num_levels
+        if x_levels.size and (x_levels.min() < 0 or x_levels.max() >= k):
+            raise ValueError(
+                f"image levels must lie in [0, {k - 1}] (the model's num_levels={k}), found "
+                f"[{x_levels.min()}, {x_levels.max()}]"
+            )
+        return x_levels.astype(np.int64)
+
+    def encode(self, message: cs.Message, x_levels: np.ndarray) -> cs.Message:
+        """Push a batch of images (integer levels, shape (b, C, H, W)) onto the message."""
+        x_levels = self._check_batch(message, x_levels)
+        b, full = x_levels.shape[0], message.head.shape[0]
+        lanes = lambda codec: on_lanes(codec, b, full)  # noqa: E731
+        tracking = self.trace is not None
+        n = self.lm.num_steps
+        pop_bits, push_bits = np.zeros(n), np.zeros(n)
+        data_bits = 0.0
+        z_prev = self._data_value(x_levels)
+        idx_prev = None
+        for t in range(n):
+            before = message_bits(message) if tracking else 0.0
+            message, idx = self._shuffled(self._forward_codec(z_prev, t), t, b, full, x_levels.shape[1:]).pop(message)
+            z = self._value(idx)
+            reverse = self.lm.reverse(self.lm.latent_to_model(z), t)  # p(z_{t-1} | z_t), or p(x | z_0)
+            middle = message_bits(message) if tracking else 0.0
+            if t == 0:
+                message, = lanes(self._likelihood_codec(reverse)).push(message, x_levels)
+            else:
+                message, = lanes(self._reverse_codec(reverse)).push(message, idx_prev)
+            if tracking:
+                pop_bits[t] = before - middle
+                if t == 0:
+                    data_bits = message_bits(message) - middle
+                else:
+                    push_bits[t - 1] = message_bits(message) - middle
+            z_prev, idx_prev = z, idx
+        before = message_bits(message) if tracking else 0.0
+        message, = lanes(self._top).push(message, idx_prev)
+        if tracking:
+            push_bits[n - 1] = message_bits(message) - before
+            self.trace.pop_bits.append(pop_bits)  # index t: bits taken popping z_t
+            self.trace.push_bits.append(push_bits)  # index t: bits added pushing z_t
+            self.trace.data_bits.append(data_bits)
+        return message
+
+    # --- decode ---------------------------------------------------------------------------------
+    def decode(self, message: cs.Message, batch: int) -> Tuple[cs.Message, np.ndarray]:
+        """Pop the most recently pushed batch of `batch` images; returns their integer levels."""
+        full = message.head.shape[0]
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= full:
+            raise ValueError(f"cannot decode a batch of {batch!r} images from a message with {full} image lanes")
+        lanes = lambda codec: on_lanes(codec, int(batch), full)  # noqa: E731
+        message, idx = lanes(self._top).pop(message)
+        x_levels = None
+        for t in reversed(range(self.lm.num_steps)):
+            reverse = self.lm.reverse(self.lm.latent_to_model(self._value(idx)), t)
+            if t == 0:
+                message, x_levels = lanes(self._likelihood_codec(reverse)).pop(message)
+                z_prev, idx_prev = self._data_value(x_levels), None
+            else:
+                message, idx_prev = lanes(self._reverse_codec(reverse)).pop(message)
+                z_prev = self._value(idx_prev)
+            message, = self._shuffled(self._forward_codec(z_prev, t), t, int(batch), full, message.head.shape[1:]).push(message, idx)
+            idx = idx_prev
+        return message, np.asarray(x_levels, dtype=np.int64)
