@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import hydra
 import numpy as np
@@ -27,7 +27,12 @@ runtime.register_resolvers()
 
 
 def run(cfg: DictConfig) -> Dict[str, Any]:
-    rt = runtime.setup(cfg)
+    return run_in(cfg, None)
+
+
+def run_in(cfg: DictConfig, run_dir: Optional[str]) -> Dict[str, Any]:
+    """`run` with an explicit run dir (for callers outside @hydra.main, e.g. tests and notebooks)."""
+    rt = runtime.setup(cfg, run_dir=run_dir)
     setup_logging(rt.run_dir, cfg, rt.rank)
     try:
         return _evaluate(cfg, rt)
