@@ -16,8 +16,9 @@ import torch
 from omegaconf import DictConfig
 
 from bits_back_diffusion import runtime
+from bits_back_diffusion.classical import classical_rates
 from bits_back_diffusion.codec import Precisions, build_codec
-from bits_back_diffusion.data import build_dataset, to_model_input
+from bits_back_diffusion.data import build_dataset, eval_indices, to_model_input
 from bits_back_diffusion.encoder import DatasetCoder, EncodePlan, gather_stats, rank_stats, summarize
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from bits_back_diffusion.models import check_data_fits_model, load_model
@@ -77,6 +78,8 @@ def _encode(cfg: DictConfig, rt: runtime.Runtime) -> Dict[str, Any]:
         "checked": bool(cfg.check), "world_size": rt.world_size, "model_path": loaded.checkpoint,
         "model_sha256": loaded.sha256, "batch_size": int(cfg.data.val.batch_size),
     }
+    if cfg.compare_classical:
+        results["classical"] = _classical(dataset, int(cfg.evaluator.num_samples))
     images = _save_trace(rt.run_dir, encoded, np.asarray(loaded.diffusion.timestep_map), plan.dims(len(plan.batch_sizes)) // max(len(plan.batch_sizes), 1))
     write_results(rt.run_dir, results)
     vlb = f"{results['vlb']:.4f}" if results["vlb"] is not None else "not computed (evaluator.compute_vlb=true)"
@@ -86,8 +89,16 @@ def _encode(cfg: DictConfig, rt: runtime.Runtime) -> Dict[str, Any]:
         f"roundtrip {'OK' if results['roundtrip_ok'] else 'not checked' if results['roundtrip_ok'] is None else 'FAILED'}"
         f" -> {rt.run_dir}/results.json"
     )
+    for name, rate in results.get("classical", {}).items():
+        logger.log(f"  {name:>18}: {rate:.4f} bits/dim")
     log_results_to_wandb(results, images)
     return results
+
+
+def _classical(dataset, num_samples: int) -> Dict[str, float]:
+    """PNG / WebP / JPEG-XL lossless on the same images, per image and as one mosaic."""
+    ids = eval_indices(dataset, num_samples, 0, 1)
+    return classical_rates(np.stack([dataset[int(i)] for i in ids]))
 
 
 def _save_trace(run_dir: str, encoded, timesteps: np.ndarray, dims_per_batch: int) -> Dict[str, str]:
