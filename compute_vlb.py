@@ -58,7 +58,7 @@ def _evaluate(cfg: DictConfig, rt: runtime.Runtime) -> Dict[str, Any]:
         x = to_model_input(batch.x, dataset.num_levels).to(rt.device)
         acc.add(batch.ids, batch_vlb(loaded.diffusion, loaded.model, x, batch.ids, int(cfg.seed),
                                      bool(cfg.evaluator.clip_denoised)))
-        bar.set_postfix(bpd=f"{acc.mean:.4f}", n=acc.count)
+        bar.set_postfix(bpd=f"{acc.mean:.4f}", stderr=f"{acc.stderr:.4f}", n=acc.count)
     merged = acc.gathered()
     if not rt.is_main:
         return {}

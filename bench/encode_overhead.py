@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import craystack as cs
-from bits_back_diffusion.codec import Precisions, build_codec
+from bits_back_diffusion.codec import Precisions, build_codec, initial_message
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from bits_back_diffusion.runtime import set_determinism
 from improved_diffusion.script_util import create_gaussian_diffusion, create_model
@@ -65,7 +64,7 @@ def main() -> None:
     codec = build_codec(args.codec, lm, Precisions())
     shape = (args.batch, flags.get("in_channels", 3), flags["image_size"], flags["image_size"])
     x = np.random.default_rng(0).integers(0, 256, shape)
-    msg = cs.random_message(codec.initial_words_per_lane() * x.size, shape, seed=0)
+    msg = initial_message(codec, shape, seed=0)
     with torch.no_grad():
         lm.reverse(lm.latent_to_model(np.zeros(shape)), 0)  # warm-up (allocations, kernels)
     lm.model_seconds = 0.0

@@ -40,9 +40,10 @@ number of bins per latent), `latent_prec` the coding precision of the latent Gau
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
+from scipy.special import ndtr, ndtri
 
 import craystack as cs
 
@@ -60,7 +61,125 @@ __all__ = [
 
 BITSWAP_PRECISIONS = Precisions(prior_prec=20, latent_prec=32, obs_prec=24)
 MIN_BINS_PER_SIGMA = 32.0
-_MAX_BIN_PREC = 24  # craystack's DiagGaussian_StdBins limit (tables of 2**bin_prec entries)
+_U32 = np.uint64(32)
+_LOW = np.uint64(0xFFFFFFFF)
+_MAX_BIN_PREC = 24  # craystack's limit for equal-mass bin tables
+_MIN_MASS = 1e-250  # below this a sub-bin distribution is taken as uniform
+_CDF_EPS = 2.0 ** -40  # uniform admixture that absorbs last-bit non-monotonicity of ndtr
+
+
+def _hash32(values: np.ndarray, salt: int) -> np.ndarray:
+    """A 32-bit mix (splitmix64 finalizer) of uint64 values, as uint64 below 2**32."""
+    with np.errstate(over="ignore"):
+        z = values * np.uint64(0x9E3779B97F4A7C15) + np.uint64((salt * 0xD1B54A32D192ED03 + 1) % 2**64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return z >> _U32
+
+
+def _sub_bin_codec(mean: np.ndarray, std: np.ndarray, coarse: np.ndarray, bin_prec: int, fine_bits: int,
+                   coding_prec: int) -> cs.Codec:
+    """N(mean, std) restricted to coarse bin `coarse`, over its 2**fine_bits sub-bins (the bins of
+    precision bin_prec inside it). The conditional CDF is taken on the side of the bin away from
+    the mean, where it keeps its relative accuracy; a bin with no representable mass is uniform."""
+    edges = cs.std_gaussian_buckets(bin_prec)
+    n = 1 << fine_bits
+    mu, sd, c = (a.reshape(-1) for a in np.broadcast_arrays(
+        np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64), np.asarray(coarse, dtype=np.int64)))
+    shape = np.broadcast_shapes(np.shape(mean), np.shape(std), np.shape(coarse))
+    base = c << fine_bits
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        lo = (edges[base] - mu) / sd
+        hi = (edges[base + n] - mu) / sd
+        upper = lo > 0
+        ref = np.where(upper, ndtr(-lo), ndtr(lo))
+        mass = np.where(upper, ref - ndtr(-hi), ndtr(hi) - ref)
+    flat = ~(mass > _MIN_MASS)
+    mass = np.where(flat, 1.0, mass)
+    params = (mu, sd, base, ref, mass, upper, flat)
+
+    def lane_params(lanes_shape):
+        if tuple(lanes_shape) != tuple(shape):
+            raise ValueError(f"sub-bin codec built for lanes of shape {shape}, used on {tuple(lanes_shape)}")
+        return params
+
+    def cdf(idx, p):
+        mu_, sd_, base_, ref_, mass_, upper_, flat_ = p
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            z = (edges[base_ + idx] - mu_) / sd_
+            g = np.where(upper_, (ref_ - ndtr(-z)) / mass_, (ndtr(z) - ref_) / mass_)
+        g = np.clip(np.where(flat_, idx / n, g), 0.0, 1.0)
+        return (g + idx * _CDF_EPS) / (1.0 + n * _CDF_EPS)  # strictly increasing despite rounding
+
+    def guess(u, p):
+        mu_, sd_, base_, ref_, mass_, upper_, flat_ = p
+        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+            target = np.where(upper_, ref_ - u * mass_, ref_ + u * mass_)
+            z = np.where(upper_, -ndtri(target), ndtri(target))
+            g = ndtr(mu_ + sd_ * z) * float(1 << bin_prec) - base_
+        return np.where(flat_, u * n, g)
+
+    return cs.quantized_cdf_codec("bitswap sub-bins", n, coding_prec, lane_params, cdf, guess)
+
+
+Mixer = Callable[[cs.Message, int], cs.Message]
+
+
+def latent_codec(mean: np.ndarray, std: np.ndarray, bin_prec: int, coding_prec: int,
+                 coarse_prec: int = 12, mix: Optional[Mixer] = None) -> cs.Codec:
+    """N(mean, std) over the 2**bin_prec equal-mass bins of N(0, 1), coded as a coarse bin (equal
+    mass at coarse_prec) and a sub-bin inside it. Every symbol of a quantized codec gets a
+    frequency of at least 1, so a one-level code would give 2**(bin_prec - coding_prec) of the mass
+    to bins far from the mean; two levels shrink that to 2**(coarse_prec - coding_prec).
+
+    `mix(message, +1)` runs before each pop and `mix(message, -1)` after each push (see
+    `whiten`), so that what a pop reads is not the code of whatever was pushed just before."""
+    fine_bits = max(0, bin_prec - coarse_prec)
+    coarse = cs.DiagGaussian_StdBins(mean, std, coding_prec, bin_prec - fine_bits)
+    mask = (1 << fine_bits) - 1
+    mixer: Mixer = mix if mix is not None else (lambda message, direction: message)
+
+    def fine(c: np.ndarray) -> cs.Codec:
+        return _sub_bin_codec(mean, std, c, bin_prec, fine_bits, coding_prec)
+
+    def push(message: cs.Message, idx: np.ndarray):
+        if fine_bits:
+            idx = np.asarray(idx)
+            if idx.dtype.kind not in "iu":
+                raise ValueError(f"latent bin indices must be integers, got dtype {idx.dtype}")
+            idx = idx.astype(np.int64)
+            c = idx >> fine_bits
+            message, = fine(np.clip(c, 0, (1 << (bin_prec - fine_bits)) - 1)).push(message, idx & mask)
+            message = mixer(message, -1)
+            idx = c
+        message, = coarse.push(message, idx)
+        return (mixer(message, -1),)
+
+    def pop(message: cs.Message):
+        message, c = coarse.pop(mixer(message, +1))
+        if not fine_bits:
+            return message, c
+        message, f = fine(c).pop(mixer(message, +1))
+        return message, (c << fine_bits) | f
+
+    return cs.Codec(push, pop)
+
+
+def whiten(message: cs.Message, direction: int, salt: int = 0) -> cs.Message:
+    """Add (+1) or subtract (-1) a hash of each head's upper 32 bits to its lower 32 bits.
+
+    A bijection on ANS states that keeps their size. Without it, a pop reads the low bits left by
+    the last push (or a tail word), i.e. the quantile of the previous latent under the model, and
+    samples latents that are correlated with the chain instead of drawn from q."""
+    head = message.head
+    high = head >> _U32
+    mix = _hash32(high, salt)
+    low = head & _LOW
+    low = (low + mix) & _LOW if direction > 0 else (low + (_LOW + np.uint64(1) - mix)) & _LOW
+    out = (high << _U32) | low
+    out.flags.writeable = False
+    return cs.Message(out, message.tail)
 
 
 def std_bin_width(z: np.ndarray, bin_prec: int) -> np.ndarray:
@@ -106,7 +225,7 @@ class BitSwapCodec:
     default_precisions = BITSWAP_PRECISIONS
 
     def __init__(self, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False,
-                 shuffle: bool = True):
+                 whiten: bool = True):
         if not isinstance(precisions, Precisions):
             raise TypeError(f"precisions must be a codec.Precisions, got {type(precisions).__name__}")
         if precisions.prior_prec > _MAX_BIN_PREC:
@@ -123,19 +242,7 @@ class BitSwapCodec:
         self._noise = np.sqrt(betas)
         self._centres = cs.std_gaussian_centres(precisions.prior_prec)
         self._top = cs.Uniform(precisions.prior_prec)  # N(0, I) over its own equal-mass bins
-        self.shuffle = shuffle
-        self._perms: dict = {}
-
-    def _shuffled(self, codec: cs.Codec, t: int, batch: int, full: int, shape) -> cs.Codec:
-        if not self.shuffle:
-            return on_lanes(codec, batch, full)
-        key = (t, batch)
-        perm = self._perms.get(key)
-        if perm is None:
-            perm = np.random.default_rng([t, batch]).permutation(batch * int(np.prod(shape)))
-            self._perms[key] = perm
-        view_shape = (batch,) + tuple(shape)
-        return cs.substack(codec, lambda head: head[:batch].reshape(-1)[perm].reshape(view_shape))
+        self.whiten = whiten
 
     # --- the discretization shared by encoder and decoder ------------------------------------
     def _value(self, idx: np.ndarray) -> np.ndarray:
@@ -147,13 +254,12 @@ class BitSwapCodec:
 
     def _forward_codec(self, z_prev: np.ndarray, t: int) -> cs.Codec:
         """q(z_t | z_{t-1}) over the shared bins."""
-        return cs.DiagGaussian_StdBins(
-            self._keep[t] * z_prev, self._noise[t], self.prec.latent_prec, self.prec.prior_prec
-        )
+        mix = (lambda message, direction: whiten(message, direction, t)) if self.whiten else None
+        return latent_codec(self._keep[t] * z_prev, self._noise[t], self.prec.prior_prec, self.prec.latent_prec, mix=mix)
 
     def _reverse_codec(self, gaussian: Gaussian) -> cs.Codec:
         """p(z_{t-1} | z_t) over the shared bins."""
-        return cs.DiagGaussian_StdBins(gaussian[0], gaussian[1], self.prec.latent_prec, self.prec.prior_prec)
+        return latent_codec(gaussian[0], gaussian[1], self.prec.prior_prec, self.prec.latent_prec)
 
     def _likelihood_codec(self, gaussian: Gaussian) -> cs.Codec:
         return cs.DiscretizedGaussian(gaussian[0], gaussian[1], self.lm.num_levels, self.prec.obs_prec)
@@ -195,7 +301,7 @@ class BitSwapCodec:
         idx_prev = None
         for t in range(n):
             before = message_bits(message) if tracking else 0.0
-            message, idx = self._shuffled(self._forward_codec(z_prev, t), t, b, full, x_levels.shape[1:]).pop(message)
+            message, idx = lanes(self._forward_codec(z_prev, t)).pop(message)
             z = self._value(idx)
             reverse = self.lm.reverse(self.lm.latent_to_model(z), t)  # p(z_{t-1} | z_t), or p(x | z_0)
             middle = message_bits(message) if tracking else 0.0
@@ -236,6 +342,6 @@ class BitSwapCodec:
             else:
                 message, idx_prev = lanes(self._reverse_codec(reverse)).pop(message)
                 z_prev = self._value(idx_prev)
-            message, = self._shuffled(self._forward_codec(z_prev, t), t, int(batch), full, message.head.shape[1:]).push(message, idx)
+            message, = lanes(self._forward_codec(z_prev, t)).push(message, idx)
             idx = idx_prev
         return message, np.asarray(x_levels, dtype=np.int64)

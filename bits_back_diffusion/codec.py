@@ -61,6 +61,14 @@ class StepTrace:
         }
 
 
+def initial_message(codec, head_shape: Tuple[int, ...], seed: int) -> cs.Message:
+    """Random bits for the first batch to borrow: `codec.initial_words_per_lane()` tail words per
+    lane on top of a random head, reproducible from the seed."""
+    header = len(cs.flatten(cs.base_message(head_shape)))  # head words plus bookkeeping
+    tail = codec.initial_words_per_lane() * int(np.prod(head_shape))
+    return cs.random_message(header + tail, head_shape, seed=seed)
+
+
 def on_lanes(codec: cs.Codec, batch: int, full_batch: int) -> cs.Codec:
     """Run a codec on the first `batch` images' lanes of a message sized for `full_batch`."""
     if batch == full_batch:

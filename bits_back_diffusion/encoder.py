@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 import craystack as cs
 from improved_diffusion import dist_util, logger
 
-from .codec import message_bits
+from .codec import initial_message, message_bits
 from .codec_checkpoints import CodecState, checkpoint_name, newest_state
 from .data import ImageSet, eval_batches, eval_indices
 
@@ -96,8 +96,7 @@ class DatasetCoder:
     # --- the initial message ---------------------------------------------------------------
     def initial_message(self) -> cs.Message:
         """Random bits the first batch borrows from; reproducible from the seed and rank."""
-        words = self.codec.initial_words_per_lane() * int(np.prod(self.plan.head_shape))
-        return cs.random_message(words, self.plan.head_shape, seed=self.seed + INITIAL_SEED_OFFSET + self.plan.rank)
+        return initial_message(self.codec, self.plan.head_shape, self.seed + INITIAL_SEED_OFFSET + self.plan.rank)
 
     def _path(self, phase: str, samples: int) -> str:
         return os.path.join(self.run_dir, checkpoint_name(phase, samples, self.plan.rank, self.plan.world_size))

@@ -59,6 +59,11 @@ class VLBAccumulator:
     def mean(self) -> float:
         return float(np.mean(self.total)) if self.total else float("nan")
 
+    @property
+    def stderr(self) -> float:
+        n = len(self.total)
+        return float(np.std(self.total, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+
     def gathered(self) -> "VLBAccumulator":
         """All ranks' images in one accumulator (every rank must call this)."""
         parts = dist_util.all_gather_object((self.ids, self.total, self.prior, self.vb_sum, self.mse_sum))
@@ -77,9 +82,7 @@ class VLBAccumulator:
         n = self.count
         if n == 0:
             raise ValueError("no images were evaluated: check evaluator.num_samples and the data folder")
-        total = np.asarray(self.total)
-        stderr = float(total.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
-        return {"vlb": float(total.mean()), "vlb_stderr": stderr, "prior_bpd": float(np.mean(self.prior)), "samples": n}
+        return {"vlb": self.mean, "vlb_stderr": self.stderr, "prior_bpd": float(np.mean(self.prior)), "samples": n}
 
     def per_step_means(self) -> Dict[str, np.ndarray]:
         return {"vb": self.vb_sum / self.count, "xstart_mse": self.mse_sum / self.count}

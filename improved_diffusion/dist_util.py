@@ -7,6 +7,8 @@
   port over MPI.
 * SLURM (``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``, not under mpiexec): the master is
   the first host of ``SLURM_JOB_NODELIST`` and the port is derived from ``SLURM_JOB_ID``.
+* submitit's local executor (``SUBMITIT_LOCAL_*``, e.g. Hydra's ``+mode=submitit_local``): the
+  tasks of one job meet on localhost at a port derived from the job id.
 * ``torchrun``-style ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` variables.
 * Otherwise a single process. A one-member group is still created (through a file store, so no
   network port is needed) so that code written against improved-diffusion, which calls
@@ -32,6 +34,7 @@ import torch.distributed as dist
 
 _MPI_ENV_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "MPI_LOCALRANKID")
 _SLURM_ENV_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+_SUBMITIT_LOCAL_ENV_VARS = ("SUBMITIT_LOCAL_GLOBALID", "SUBMITIT_LOCAL_NTASKS", "SUBMITIT_LOCAL_LOCALID")
 # Bytes per MPI broadcast message when shipping checkpoints (mpi4py pickles are limited to 2 GiB).
 _MPI_CHUNK = 1 << 30
 _TIMEOUT = timedelta(minutes=30)
@@ -112,12 +115,17 @@ def expand_slurm_nodelist(nodelist: str) -> list[str]:
     return hosts
 
 
-def _slurm_master_port() -> int:
-    """A port all tasks of one SLURM job agree on without communicating."""
+def under_submitit_local() -> bool:
+    """True for a task started by submitit's local executor (and not by mpiexec or SLURM)."""
+    return all(name in os.environ for name in _SUBMITIT_LOCAL_ENV_VARS) and not under_mpi() and not under_slurm()
+
+
+def _job_port(job_id_var: str) -> int:
+    """A port all tasks of one job agree on without communicating (MASTER_PORT wins)."""
     if "MASTER_PORT" in os.environ:
         return int(os.environ["MASTER_PORT"])
-    job_id = int(os.environ.get("SLURM_JOB_ID", "0") or 0)
-    return 15000 + job_id % 20000
+    digits = re.sub(r"\D", "", os.environ.get(job_id_var, "") or "") or "0"
+    return 15000 + int(digits) % 20000
 
 
 def _init_group(backend: str, init_method: str, rank: int, world_size: int) -> None:
@@ -157,7 +165,13 @@ def setup_dist(backend: Optional[str] = None) -> None:
         host = os.environ.get("MASTER_ADDR") or expand_slurm_nodelist(
             os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST") or socket.gethostname()
         )[0]
-        launcher, init_method = "slurm", f"tcp://{host}:{_slurm_master_port()}"
+        launcher, init_method = "slurm", f"tcp://{host}:{_job_port('SLURM_JOB_ID')}"
+    elif under_submitit_local():
+        rank = int(os.environ["SUBMITIT_LOCAL_GLOBALID"])
+        world = int(os.environ["SUBMITIT_LOCAL_NTASKS"])
+        local_rank = int(os.environ["SUBMITIT_LOCAL_LOCALID"])
+        host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+        launcher, init_method = "submitit-local", f"tcp://{host}:{_job_port('SUBMITIT_LOCAL_JOB_ID')}"
     elif all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -204,7 +218,7 @@ def is_initialized() -> bool:
 
 
 def launcher() -> Optional[str]:
-    """How the group was set up: 'mpi', 'slurm', 'env', 'single', or None before setup_dist."""
+    """How the group was set up: 'mpi', 'slurm', 'submitit-local', 'env', 'single', or None before setup_dist."""
     return _state["launcher"]
 
 

@@ -31,6 +31,8 @@ from .resample import LossAwareSampler, ScheduleSampler, UniformSampler
 
 # Starting log2 loss scale for fp16 (improved-diffusion's value; it adapts from there).
 INITIAL_LOG_LOSS_SCALE = 20.0
+# Device types on which use_fp16 is honoured (half-precision training is slow or unsupported elsewhere).
+FP16_DEVICE_TYPES = ("cuda",)
 
 _MODEL_RE = re.compile(r"^model(\d+)\.pt$")
 
@@ -165,7 +167,7 @@ class TrainLoop:
         self.global_batch = self.batch_size * self.world_size
         self.device = next(model.parameters()).device
         self.use_fp16 = bool(use_fp16)
-        if self.use_fp16 and self.device.type != "cuda":
+        if self.use_fp16 and self.device.type not in FP16_DEVICE_TYPES:
             msg = "use_fp16=True needs a GPU; training in float32 on the CPU instead."
             warnings.warn(msg, stacklevel=2)
             logger.warn(f"WARNING: {msg}")
@@ -193,7 +195,13 @@ class TrainLoop:
             self.master_params = self.model_params
         self.opt = AdamW(self.master_params, lr=self.lr, weight_decay=self.weight_decay)
         if loaded.get("opt") is not None:
-            self.opt.load_state_dict(loaded["opt"])
+            try:
+                self.opt.load_state_dict(loaded["opt"])
+            except (ValueError, KeyError) as exc:
+                raise ValueError(
+                    f"Optimizer state of step {self.step} in {self.save_dir} does not fit this model ({exc}); "
+                    "it was written for another model or parameter layout."
+                ) from None
         self.ema_params = []
         for rate in self.ema_rate:
             state = loaded.get(f"ema_{rate}")
@@ -236,7 +244,14 @@ class TrainLoop:
         else:
             return {}
 
-        self.model.load_state_dict(dist_util.load_state_dict(paths["model"]))
+        try:
+            self.model.load_state_dict(_strip_module_prefix(dist_util.load_state_dict(paths["model"])))
+        except RuntimeError as exc:
+            raise ValueError(
+                f"Checkpoint {paths['model']} does not fit this model: {str(exc)[:500]}\n"
+                "Resume with the model.* settings of the run that wrote it (see its .hydra/config.yaml), "
+                "or train in a new run dir."
+            ) from None
         self.step = step
         loaded: dict[str, Any] = {}
         report = [f"model <- {paths['model']}"]
@@ -244,7 +259,13 @@ class TrainLoop:
             if key == "model":
                 continue
             if os.path.exists(path):
-                loaded[key] = dist_util.load_state_dict(path)
+                value = dist_util.load_state_dict(path)
+                if key.startswith("ema_"):
+                    value = _strip_module_prefix(value)
+                    missing = [n for n in self.param_names if n not in value]
+                    if missing:
+                        raise ValueError(f"EMA checkpoint {path} lacks parameters {missing[:5]}; it belongs to another model.")
+                loaded[key] = value
                 report.append(f"{key} <- {path}")
             elif key != "sampler":
                 report.append(f"{key}: NOT FOUND ({path}), starting it fresh")
@@ -342,6 +363,12 @@ class TrainLoop:
             if isinstance(self.schedule_sampler, LossAwareSampler):
                 self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
             loss = (losses["loss"] * weights).mean() * (micro.shape[0] / n)
+            if not self.use_fp16 and not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"Training loss is {loss.item()} at step {self.step}. Check the diffusion settings (e.g. a "
+                    "linear schedule needs steps >= 50 so every beta stays below 1) or lower trainer.lr; "
+                    f"the newest checkpoint in {self.save_dir} is unaffected."
+                )
             log_loss_dict(self.diffusion, t, {k: v * weights for k, v in losses.items()})
             if self.use_fp16:
                 (loss * 2**self.lg_loss_scale).backward()
@@ -397,6 +424,13 @@ class TrainLoop:
         if steps > 0 and now > self._tic:
             logger.logkv("samples_per_sec", steps * self.global_batch / (now - self._tic))
         self._tic, self._tic_step = now, self.step
+
+
+def _strip_module_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    """Accept checkpoints saved from a DDP-wrapped model ('module.' key prefixes)."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
 
 
 def _check_positive(**values: int) -> None:

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import craystack as cs
-from bits_back_diffusion.codec import BitsBackCodec, Precisions, message_bits
+from bits_back_diffusion.codec import BitsBackCodec, Precisions, initial_message, message_bits
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from improved_diffusion.script_util import create_gaussian_diffusion, create_model
 
@@ -32,7 +32,7 @@ def tiny_unet():
 
 def roundtrip(latent_model, x, precisions=Precisions(), seed=0):
     codec = BitsBackCodec(latent_model, precisions)
-    msg0 = cs.random_message(codec.initial_words_per_lane() * x.size, x.shape, seed=seed)
+    msg0 = initial_message(codec, x.shape, seed)
     msg = codec.encode(msg0, x)
     back, decoded = codec.decode(msg, x.shape[0])
     np.testing.assert_array_equal(decoded, x)
@@ -58,7 +58,7 @@ def test_one_model_evaluation_per_step(tiny_unet):
     lm = DiffusionLatentModel(tiny_unet, diffusion_for(7, 17), torch.device("cpu"))
     x = np.random.default_rng(0).integers(0, 17, (2, 1, 8, 8))
     codec = BitsBackCodec(lm, Precisions())
-    msg = codec.encode(cs.random_message(codec.initial_words_per_lane() * x.size, x.shape, seed=0), x)
+    msg = codec.encode(initial_message(codec, x.shape, 0), x)
     assert lm.model_evals == 7
     codec.decode(msg, 2)
     assert lm.model_evals == 14
@@ -90,7 +90,7 @@ def test_nan_model_output_is_a_clear_error_and_leaves_message_untouched():
     lm = DiffusionLatentModel(ExtremeModel(float("nan")), diffusion_for(3, 256), torch.device("cpu"))
     x = np.zeros((1, 3, 4, 4), np.int64)
     codec = BitsBackCodec(lm, Precisions())
-    msg0 = cs.random_message(codec.initial_words_per_lane() * x.size, x.shape, seed=0)
+    msg0 = initial_message(codec, x.shape, 0)
     snapshot = cs.flatten(msg0).copy()
     with pytest.raises(ValueError, match="nan"):
         codec.encode(msg0, x)
@@ -145,7 +145,7 @@ def test_smaller_last_batch_uses_a_subset_of_lanes(tiny_unet):
     lm = DiffusionLatentModel(tiny_unet, diffusion_for(4, 17), torch.device("cpu"))
     codec = BitsBackCodec(lm, Precisions())
     full = np.random.default_rng(4).integers(0, 17, (3, 1, 8, 8))
-    msg0 = cs.random_message(codec.initial_words_per_lane() * full.size, full.shape, seed=0)
+    msg0 = initial_message(codec, full.shape, 0)
     msg = codec.encode(msg0, full)
     msg = codec.encode(msg, full[:2])
     msg, last = codec.decode(msg, 2)
@@ -161,13 +161,15 @@ def test_precisions_are_validated():
 
 
 def test_fixture_model_rate_is_within_one_percent_of_the_vlb(tiny_fixture):
-    """The reference model with vlb100 and the default precisions: the net message growth per
-    dimension matches the VLB of the same images (measured 0.8% apart on these four)."""
-    from bits_back_diffusion.vlb import batch_vlb
+    """The reference model with vlb100: the net message growth per dimension matches the VLB the
+    reference code computed for the same two images.
 
+    The fixture's weights are random, so its priors sit much further from the posteriors than a
+    trained model's; 10-bit prior bins then lose about 1% (0.8% measured on four images), 12-bit
+    bins about 0.1%. The test uses 12/20/24 to leave the tolerance to sampling noise."""
     _, model, diffusion, ref = tiny_fixture
-    x = np.concatenate([ref["x_uint8"].astype(np.int64), np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32))])
+    x = ref["x_uint8"].astype(np.int64)
     lm = DiffusionLatentModel(model, diffusion, torch.device("cpu"))
-    rate = roundtrip(lm, x)
-    vlb = float(batch_vlb(diffusion, model, torch.from_numpy(x).float() / 127.5 - 1, range(4), seed=0)["total_bpd"].mean())
+    rate = roundtrip(lm, x, Precisions(12, 20, 24))
+    vlb = float(ref["total_bpd"].mean())
     assert abs(rate - vlb) / vlb < 0.01, f"rate {rate:.4f} vs VLB {vlb:.4f} bits/dim"

@@ -46,6 +46,7 @@ def test_results_json_and_outputs(uninterrupted):
                 "rate_used", "rate_effective", "encode_seconds", "decode_seconds", "model_evaluations", "roundtrip_ok"):
         assert key in results, key
     assert results["samples"] == 8 and results["steps"] == 12 and results["roundtrip_ok"] is True
+    assert results["classical"]["png_per_image"] > 0 and "webp_mosaic" in results["classical"]
     assert results["rate_total"] > results["rate_used"] > results["rate_effective"] > 0
     # one model call per step per batch, in encode and in decode
     assert results["model_evaluations"] == 2 * 4 * 12

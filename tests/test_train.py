@@ -32,7 +32,7 @@ TINY = [
     "+experiment=digits",
     "model.num_res_blocks=1",
     "model.dropout=0.0",
-    "diffusion.steps=20",
+    "diffusion.steps=50",
     "diffusion.timestep_respacing=",
     "trainer.batch_size=8",
     "trainer.log_interval=1",
@@ -149,6 +149,18 @@ def test_resume_from_explicit_checkpoint_file(tmp_path):
     assert (second / "model000003.pt").exists() and not (second / "model000002.pt").exists()
 
 
+def test_resuming_with_another_model_is_a_clear_error(tmp_path):
+    train.run(tiny_cfg("trainer.max_steps=1"), run_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"(?s)model000001.pt does not fit this model.*model\.\* settings"):
+        train.run(tiny_cfg("trainer.max_steps=2", "model.num_channels=64"), run_dir=str(tmp_path))
+
+
+def test_non_finite_loss_stops_training_clearly(tmp_path):
+    # A 20-step linear schedule ends with beta = 1: the loss is not finite.
+    with pytest.raises(FloatingPointError, match=r"Training loss is (nan|inf) at step \d+\. Check the diffusion settings"):
+        train.run(tiny_cfg("diffusion.steps=20", "diffusion.noise_schedule=linear"), run_dir=str(tmp_path))
+
+
 def test_cpu_fp16_request_warns_and_trains_in_float32(tmp_path):
     with pytest.warns(UserWarning, match="needs a GPU"):
         train.run(tiny_cfg("trainer.use_fp16=true", "trainer.max_steps=1"), run_dir=str(tmp_path))
@@ -241,6 +253,58 @@ def test_ema_follows_its_rate(tmp_path):
             torch.testing.assert_close(e, rate * p0 + (1 - rate) * p1.detach())
 
 
+class _HalfToy(_Toy):
+    """Toy model with improved-diffusion's fp16 switch: float16 weights, float32 output."""
+
+    def convert_to_fp16(self):
+        self.lin.half()
+
+    def forward(self, x, t, **kwargs):
+        return self.lin(x.to(self.lin.weight.dtype)).float()
+
+
+class _ScaledDiffusion(_ToyDiffusion):
+    """Toy loss times `scale`; a huge scale makes the scaled fp16 gradients overflow."""
+
+    def __init__(self, scale):
+        self.scale = scale
+
+    def training_losses(self, model, x, t, model_kwargs=None, noise=None):
+        return {"loss": super().training_losses(model, x, t)["loss"] * self.scale}
+
+
+def test_fp16_loss_scaling_skips_overflowing_steps(tmp_path, monkeypatch):
+    """The GPU fp16 path, run on the CPU: float32 masters, loss-scale growth, overflow skipped."""
+    import improved_diffusion.train_util as train_util
+
+    monkeypatch.setattr(train_util, "FP16_DEVICE_TYPES", ("cuda", "cpu"))
+    torch.manual_seed(0)
+    model = _HalfToy()
+    data = iter([(torch.ones(4, 4), {})] * 10)
+    logger.configure(str(tmp_path), format_strs=["csv"])
+    loop = TrainLoop(
+        model=model, diffusion=_ScaledDiffusion(1e-6), data=data, batch_size=4, microbatch=-1, lr=0.01,
+        ema_rate=0.9, log_interval=1, save_interval=100, resume_checkpoint=None, use_fp16=True,
+        fp16_scale_growth=0.5, max_steps=1, save_dir=str(tmp_path), progress=False,
+    )
+    assert model.lin.weight.dtype == torch.float16
+    assert all(m.dtype == torch.float32 for m in loop.master_params)
+    loop.run_loop()
+    assert loop.step == 1 and loop.lg_loss_scale == train_util.INITIAL_LOG_LOSS_SCALE + 0.5
+    torch.testing.assert_close(model.lin.weight.float(), loop.master_params[0].detach(), atol=1e-3, rtol=1e-3)
+    assert loop.master_params[0].grad.abs().max() < 1  # unscaled before the update
+
+    before = [m.detach().clone() for m in loop.master_params]
+    loop.diffusion = _ScaledDiffusion(1e30)  # scaled gradients overflow float16
+    loop.run_step(torch.ones(4, 4), {})
+    assert loop.step == 1 and loop.lg_loss_scale == train_util.INITIAL_LOG_LOSS_SCALE - 0.5
+    assert all(torch.equal(b, m) for b, m in zip(before, loop.master_params))
+    loop.save()
+    logger.reset()
+    saved = load(tmp_path / "model000001.pt")
+    assert saved["lin.weight"].dtype == torch.float32 and torch.equal(saved["lin.weight"], before[0])
+
+
 # ---------------------------------------------------------------- fp16 helpers and dist_util
 
 
@@ -298,14 +362,22 @@ print(json.dumps({"launcher": dist_util.launcher(), "rank": dist_util.get_rank()
 """
 
 
-def test_slurm_variables_start_a_two_task_group(tmp_path):
-    """Two processes that only see SLURM's variables find each other."""
+def _launcher_env(launcher: str, rank: int, job_id: str) -> dict[str, str]:
+    if launcher == "slurm":
+        return dict(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank),
+                    SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID=job_id, PATH="/usr/bin:/bin")
+    return dict(SUBMITIT_LOCAL_GLOBALID=str(rank), SUBMITIT_LOCAL_NTASKS="2", SUBMITIT_LOCAL_LOCALID=str(rank),
+                SUBMITIT_LOCAL_JOB_ID=job_id)
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "submitit-local"])
+def test_launcher_variables_start_a_two_task_group(tmp_path, launcher):
+    """Two processes that only see SLURM's (or submitit's local) task variables find each other."""
     job_id = str(int(time.time() * 1000) % 100000)
     procs = []
     for rank in range(2):
         env = subprocess_env()
-        env.update(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank),
-                   SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID=job_id, PATH="/usr/bin:/bin")
+        env.update(_launcher_env(launcher, rank, job_id))
         env.pop("MASTER_PORT", None)
         env.pop("MASTER_ADDR", None)
         procs.append(subprocess.Popen([sys.executable, "-c", SLURM_SCRIPT], env=env, stdout=subprocess.PIPE,
@@ -315,7 +387,7 @@ def test_slurm_variables_start_a_two_task_group(tmp_path):
         assert p.returncode == 0, err
     results = sorted((json.loads(out.strip().splitlines()[-1]) for out, _ in outs), key=lambda r: r["rank"])
     assert [r["rank"] for r in results] == [0, 1]
-    assert all(r["launcher"] == "slurm" and r["world"] == 2 and r["gathered"] == [0, 10] for r in results)
+    assert all(r["launcher"] == launcher and r["world"] == 2 and r["gathered"] == [0, 10] for r in results)
 
 
 # ---------------------------------------------------------------- real processes
