@@ -18,26 +18,18 @@ from tqdm.auto import tqdm
 from bits_back_diffusion import runtime
 from bits_back_diffusion.data import build_dataset, eval_batches, num_eval_batches, to_model_input
 from bits_back_diffusion.models import check_data_fits_model, load_model
+from bits_back_diffusion.session import script_session
 from bits_back_diffusion.report import log_results_to_wandb, plot_curves, write_results
 from bits_back_diffusion.vlb import VLBAccumulator, batch_vlb
-from bits_back_diffusion.wandb_logging import finish_logging, setup_logging
 from improved_diffusion import logger
 
 runtime.register_resolvers()
 
 
-def run(cfg: DictConfig) -> Dict[str, Any]:
-    return run_in(cfg, None)
-
-
-def run_in(cfg: DictConfig, run_dir: Optional[str]) -> Dict[str, Any]:
-    """`run` with an explicit run dir (for callers outside @hydra.main, e.g. tests and notebooks)."""
-    rt = runtime.setup(cfg, run_dir=run_dir)
-    setup_logging(rt.run_dir, cfg, rt.rank)
-    try:
+def run(cfg: DictConfig, run_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Evaluate; `run_dir` is for callers outside @hydra.main (tests, notebooks)."""
+    with script_session(cfg, run_dir) as rt:
         return _evaluate(cfg, rt)
-    finally:
-        finish_logging()
 
 
 def _evaluate(cfg: DictConfig, rt: runtime.Runtime) -> Dict[str, Any]:

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import hydra
 import numpy as np
@@ -24,19 +24,15 @@ from bits_back_diffusion.latent_model import DiffusionLatentModel
 from bits_back_diffusion.models import check_data_fits_model, load_model
 from bits_back_diffusion.report import log_results_to_wandb, plot_curves, write_results
 from bits_back_diffusion.vlb import batch_vlb
-from bits_back_diffusion.wandb_logging import finish_logging, setup_logging
+from bits_back_diffusion.session import script_session
 from improved_diffusion import logger
 
 runtime.register_resolvers()
 
 
-def run(cfg: DictConfig) -> Dict[str, Any]:
-    rt = runtime.setup(cfg)
-    setup_logging(rt.run_dir, cfg, rt.rank)
-    try:
+def run(cfg: DictConfig, run_dir: Optional[str] = None) -> Dict[str, Any]:
+    with script_session(cfg, run_dir) as rt:
         return _encode(cfg, rt)
-    finally:
-        finish_logging()
 
 
 def _encode(cfg: DictConfig, rt: runtime.Runtime) -> Dict[str, Any]:

@@ -61,7 +61,7 @@ def test_run_reads_architecture_from_a_run_dir(tmp_path):
     from improved_diffusion import dist_util
 
     try:
-        results = compute_vlb.run_in(cfg, str(tmp_path / "out"))
+        results = compute_vlb.run(cfg, str(tmp_path / "out"))
     finally:
         dist_util.cleanup_dist()
     assert results["samples"] == 3 and results["steps"] == 5
