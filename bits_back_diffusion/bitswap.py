@@ -59,8 +59,9 @@ __all__ = [
     "std_bin_width",
 ]
 
-BITSWAP_PRECISIONS = Precisions(prior_prec=20, latent_prec=32, obs_prec=24)
+BITSWAP_PRECISIONS = Precisions(prior_prec=20, latent_prec=28, obs_prec=24)
 MIN_BINS_PER_SIGMA = 32.0
+COARSE_PREC = 8  # bits of the first level of a latent's bin index (see latent_codec)
 _U32 = np.uint64(32)
 _LOW = np.uint64(0xFFFFFFFF)
 _MAX_BIN_PREC = 24  # craystack's limit for equal-mass bin tables
@@ -123,20 +124,100 @@ def _sub_bin_codec(mean: np.ndarray, std: np.ndarray, coarse: np.ndarray, bin_pr
     return cs.quantized_cdf_codec("bitswap sub-bins", n, coding_prec, lane_params, cdf, guess)
 
 
+def _search(cum: Callable[[np.ndarray, np.ndarray], np.ndarray], cf: np.ndarray, n: int) -> np.ndarray:
+    """Per lane, the largest i in [0, n) with cum(i, lanes) <= cf (binary search)."""
+    lanes = np.arange(cf.size)
+    lo = np.zeros(cf.size, dtype=np.int64)
+    size = n
+    while size > 1:
+        half = size >> 1
+        mid = lo + half
+        lo = np.where(cum(mid, lanes) <= cf, mid, lo)
+        size -= half
+    return lo
+
+
+def _unfloored_std_bins(mean: np.ndarray, std: np.ndarray, bin_prec: int, coding_prec: int) -> cs.Codec:
+    """N(mean, std) over the 2**bin_prec equal-mass bins of N(0, 1), each bin's frequency its
+    rounded-down cumulative Gaussian mass, which may be 0.
+
+    Only for q: the encoder pops from it before the decoder pushes the same symbol, so a bin of
+    zero frequency is never needed, and no bin far from the mean is ever drawn (craystack's codecs
+    give every bin a frequency >= 1, i.e. 2**(bin_prec - coding_prec) of the mass to such bins)."""
+    edges = cs.std_gaussian_buckets(bin_prec)
+    n = 1 << bin_prec
+    total = 1 << coding_prec
+    shape = np.broadcast_shapes(np.shape(mean), np.shape(std))
+    mu = np.broadcast_to(np.asarray(mean, dtype=np.float64), shape).reshape(-1)
+    sd = np.broadcast_to(np.asarray(std, dtype=np.float64), shape).reshape(-1)
+
+    def cum(idx: np.ndarray, lanes: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            g = ndtr((edges[idx] - mu[lanes]) / sd[lanes])
+        g = (g + idx * _CDF_EPS) / (1.0 + n * _CDF_EPS)  # non-decreasing despite ndtr's last bit
+        c = np.floor(g * total).astype(np.uint64)
+        c[idx <= 0] = 0
+        c[idx >= n] = total
+        return c
+
+    def check_shape(message: cs.Message) -> None:
+        if message.head.shape != shape:
+            raise ValueError(f"latent codec built for lanes of shape {shape}, used on {message.head.shape}")
+
+    def push(message: cs.Message, symbol: np.ndarray):
+        check_shape(message)
+        s = np.asarray(symbol, dtype=np.int64).reshape(-1)
+        if s.size and (s.min() < 0 or s.max() >= n):
+            raise ValueError(f"latent bin index out of range [0, {n})")
+        lanes = np.arange(s.size)
+        start, end = cum(s, lanes), cum(s + 1, lanes)
+        if not np.all(end > start):
+            raise ValueError(
+                "bitswap: a latent has zero probability under q(z_t | z_(t-1)); the message does not come "
+                "from this encoder, model or file"
+            )
+        return (cs.push_freqs(message, start.reshape(shape), (end - start).reshape(shape), coding_prec),)
+
+    def pop(message: cs.Message):
+        check_shape(message)
+        cf = cs.peek(message, coding_prec).reshape(-1)
+        lanes = np.arange(cf.size)
+        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+            guess = ndtr(mu + sd * ndtri((cf + 0.5) / total)) * n
+        sym = np.clip(np.nan_to_num(np.floor(guess), nan=0.0), 0, n - 1).astype(np.int64)
+        start, end = cum(sym, lanes), cum(sym + 1, lanes)
+        miss = np.flatnonzero((cf < start) | (cf >= end))
+        if miss.size:
+            sub = lambda idx, where: cum(idx, miss[where])  # noqa: E731
+            sym[miss] = _search(sub, cf[miss], n)
+            start[miss], end[miss] = cum(sym[miss], miss), cum(sym[miss] + 1, miss)
+        message = cs.pop_freqs(message, cf.reshape(shape), start.reshape(shape), (end - start).reshape(shape),
+                               coding_prec)
+        return message, sym.reshape(shape)
+
+    return cs.Codec(push, pop)
+
+
 Mixer = Callable[[cs.Message, int], cs.Message]
 
 
 def latent_codec(mean: np.ndarray, std: np.ndarray, bin_prec: int, coding_prec: int,
-                 coarse_prec: int = 12, mix: Optional[Mixer] = None) -> cs.Codec:
+                 coarse_prec: int = COARSE_PREC, sampled: bool = False, mix: Optional[Mixer] = None) -> cs.Codec:
     """N(mean, std) over the 2**bin_prec equal-mass bins of N(0, 1), coded as a coarse bin (equal
-    mass at coarse_prec) and a sub-bin inside it. Every symbol of a quantized codec gets a
-    frequency of at least 1, so a one-level code would give 2**(bin_prec - coding_prec) of the mass
-    to bins far from the mean; two levels shrink that to 2**(coarse_prec - coding_prec).
+    mass at coarse_prec) and a sub-bin inside it.
 
-    `mix(message, +1)` runs before each pop and `mix(message, -1)` after each push (see
-    `whiten`), so that what a pop reads is not the code of whatever was pushed just before."""
+    Quantized codecs that can code every symbol give each a frequency >= 1, which shifts
+    2**(alphabet bits - coding_prec) of the mass to improbable symbols; splitting the index keeps
+    that small. With `sampled` (the distribution popped from, q) the coarse level has no such
+    floor, so a pop never lands far from the mean; a sub-bin floor only moves a latent within its
+    coarse bin. `mix(message, +1)` runs before each pop and `mix(message, -1)` after each push
+    (see `whiten`)."""
     fine_bits = max(0, bin_prec - coarse_prec)
-    coarse = cs.DiagGaussian_StdBins(mean, std, coding_prec, bin_prec - fine_bits)
+    coarse_bits = bin_prec - fine_bits
+    if sampled:
+        coarse = _unfloored_std_bins(mean, std, coarse_bits, coding_prec)
+    else:
+        coarse = cs.DiagGaussian_StdBins(mean, std, coding_prec, coarse_bits)
     mask = (1 << fine_bits) - 1
     mixer: Mixer = mix if mix is not None else (lambda message, direction: message)
 
@@ -150,7 +231,7 @@ def latent_codec(mean: np.ndarray, std: np.ndarray, bin_prec: int, coding_prec: 
                 raise ValueError(f"latent bin indices must be integers, got dtype {idx.dtype}")
             idx = idx.astype(np.int64)
             c = idx >> fine_bits
-            message, = fine(np.clip(c, 0, (1 << (bin_prec - fine_bits)) - 1)).push(message, idx & mask)
+            message, = fine(np.clip(c, 0, (1 << coarse_bits) - 1)).push(message, idx & mask)
             message = mixer(message, -1)
             idx = c
         message, = coarse.push(message, idx)
@@ -174,7 +255,9 @@ def whiten(message: cs.Message, direction: int, salt: int = 0) -> cs.Message:
     samples latents that are correlated with the chain instead of drawn from q."""
     head = message.head
     high = head >> _U32
-    mix = _hash32(high, salt)
+    flat = high.reshape(-1)
+    key = flat ^ (_hash32(np.roll(flat, 1), salt + 7919) << _U32) ^ _hash32(np.roll(flat, 97), salt + 104729)
+    mix = _hash32(key, salt).reshape(high.shape)
     low = head & _LOW
     low = (low + mix) & _LOW if direction > 0 else (low + (_LOW + np.uint64(1) - mix)) & _LOW
     out = (high << _U32) | low
@@ -255,7 +338,8 @@ class BitSwapCodec:
     def _forward_codec(self, z_prev: np.ndarray, t: int) -> cs.Codec:
         """q(z_t | z_{t-1}) over the shared bins."""
         mix = (lambda message, direction: whiten(message, direction, t)) if self.whiten else None
-        return latent_codec(self._keep[t] * z_prev, self._noise[t], self.prec.prior_prec, self.prec.latent_prec, mix=mix)
+        return latent_codec(self._keep[t] * z_prev, self._noise[t], self.prec.prior_prec, self.prec.latent_prec,
+                            sampled=True, mix=mix)
 
     def _reverse_codec(self, gaussian: Gaussian) -> cs.Codec:
         """p(z_{t-1} | z_t) over the shared bins."""

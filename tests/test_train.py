@@ -19,12 +19,15 @@ import torch
 import torch.nn as nn
 from hydra import compose, initialize_config_dir
 
-import train
-from improved_diffusion import dist_util, fp16_util, logger
-from improved_diffusion.script_util import create_model
-from improved_diffusion.train_util import TrainLoop, find_resume_checkpoint
-
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # train.py is a script at the repo root, not part of a package
+    sys.path.insert(0, str(REPO))
+
+import train  # noqa: E402
+from improved_diffusion import dist_util, fp16_util, logger  # noqa: E402
+from improved_diffusion.script_util import create_model  # noqa: E402
+from improved_diffusion.train_util import TrainLoop, find_resume_checkpoint  # noqa: E402
+
 CONFIG_DIR = str(REPO / "config")
 
 # A tiny UNet and a short process on the digits data: a step takes well under a second on a CPU.
@@ -155,6 +158,7 @@ def test_resuming_with_another_model_is_a_clear_error(tmp_path):
         train.run(tiny_cfg("trainer.max_steps=2", "model.num_channels=64"), run_dir=str(tmp_path))
 
 
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
 def test_non_finite_loss_stops_training_clearly(tmp_path):
     # A 20-step linear schedule ends with beta = 1: the loss is not finite.
     with pytest.raises(FloatingPointError, match=r"Training loss is (nan|inf) at step \d+\. Check the diffusion settings"):

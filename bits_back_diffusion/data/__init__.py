@@ -17,6 +17,7 @@ from .images import downsample_square, read_image
 from .imagenet import open_imagenet
 from .levels import from_model_input, to_model_input
 from .loaders import EvalBatch, eval_batches, eval_indices, num_eval_batches, train_batches
+from .tiles import TiledImageSet, TilingInfo, open_folder, reassemble  # noqa: F401  (pictures larger than the model)
 
 __all__ = [
     "ArrayImageSet",

@@ -10,6 +10,7 @@ from .digits import open_digits
 from .errors import DataError
 from .folder import FolderImageSet
 from .imagenet import open_imagenet
+from .tiles import open_folder
 
 SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val"}
 DATASET_NAMES = ("cifar", "imagenet", "digits", "folder")
@@ -79,4 +80,6 @@ def build_dataset(data_cfg: Mapping[str, Any], split: str) -> ImageSet:
     if name == "imagenet":
         return open_imagenet(data_dir, split=split, resize=resize, **common)
     hint = _cifar_hint(data_dir) if name == "cifar" else _folder_hint(split)
+    if name == "folder" and not resize:  # pictures of other sizes are cut into tiles
+        return open_folder(data_dir, missing_hint=hint, **common)
     return FolderImageSet(data_dir, resize=resize, missing_hint=hint, **common)
