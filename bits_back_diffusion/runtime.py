@@ -98,6 +98,9 @@ def setup(cfg: Any, run_dir: Optional[str] = None, deterministic: bool = True) -
     chosen = os.path.abspath(dist_util.broadcast_object(chosen if rank == 0 else None))
     os.makedirs(chosen, exist_ok=True)
     set_determinism(deterministic)
+    if dist_util.dev().type == "cpu" and world > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # ranks sharing a machine would oversubscribe its cores (and spin-wait on each other)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     seed = int(cfg.get("seed", 0) or 0) if hasattr(cfg, "get") else 0
     seed_everything(seed + rank)
     return Runtime(rank, world, dist_util.get_local_rank(), dist_util.dev(), chosen)
