@@ -71,9 +71,9 @@ def _load_model(header, model_path: Optional[str], device, source: str):
                 f"{source} stores no model/diffusion flags and {model_path} is not a run dir with "
                 ".hydra/config.yaml; pass model_path=<the training run dir>"
             )
-        model_flags = model_flags or OmegaConf.to_container(saved.model, resolve=False)
+        model_flags = model_flags or OmegaConf.to_container(saved.model, resolve=True)
         if not diffusion_flags:
-            diffusion_flags = OmegaConf.to_container(saved.diffusion, resolve=False)
+            diffusion_flags = OmegaConf.to_container(saved.diffusion, resolve=True)
             diffusion_flags.update(timestep_respacing=header.respacing, num_levels=header.num_levels)
     try:
         state = strip_module_prefix(dist_util.load_state_dict(ckpt, map_location="cpu"))
@@ -131,8 +131,9 @@ def decode_file(path: str, model_path: Optional[str] = None, device: str = "cpu"
     images = np.concatenate(batches[::-1]) if batches else np.zeros((0,) + header.data_shape, np.int64)
     init = header.initial_message
     if init is not None:
-        lanes = int(np.prod(header.head_shape))
-        expected = cs.random_message(init["words_per_lane"] * lanes, header.head_shape, seed=init["seed"])
+        lanes = int(np.prod(header.head_shape))  # as codec.initial_message builds it: random head, then tail
+        flat = len(cs.flatten(cs.base_message(header.head_shape))) + init["words_per_lane"] * lanes
+        expected = cs.random_message(flat, header.head_shape, seed=init["seed"])
         if not cs.message_equal(message, expected):
             raise DecodeError(
                 f"{path}: decoding did not end at the encoder's initial message, so the images are not trustworthy; "

@@ -19,23 +19,37 @@ still the negative ELBO. Both directions call the model once per step (`reverse(
 
 Discretization. z_t is coded by q(z_t | z_{t-1}) (known to the encoder only) and by
 p(z_t | z_{t+1}) (known to the decoder only), so its bins may depend on neither: every latent
-uses the same 2**bin_prec bins of equal mass under N(0, 1) (`DiagGaussian_StdBins`), and a
-latent's value is its bin centre. The top prior N(0, I) is then exactly uniform over the bins.
+uses the same 2**bin_prec bins of equal mass under N(0, 1), and a latent's value is its bin
+centre. The top prior N(0, I) is then exactly uniform over the bins.
 
-Precisions. `Precisions.prior_prec` is the bin precision (as in BB-ANS, where it also sets the
-number of bins per latent), `latent_prec` the coding precision of the latent Gaussians and
-`obs_prec` that of the data. Defaults `BITSWAP_PRECISIONS` = (20, 32, 24):
+Three details keep the net rate at the VLB (without them it measured 1-85% above it):
 
-* A bin of N(0, 1) around z is sqrt(2 pi) exp(z^2 / 2) / 2**bin_prec wide. The narrowest
-  Gaussian coded is q(z_0 | x) of the 4000-step cosine schedule, sigma = sqrt(b_0) = 3.14e-3,
-  centred within |z| <= 1 + 3 sigma, where 20 bits give bins of <= 4.0e-6 (790 bins per sigma).
-  Coding with bins of width d instead of densities changes each step's cost by O((d / sigma)^2),
-  about 1e-6 here. `check_bin_precision` requires at least `MIN_BINS_PER_SIGMA` = 32 bins per
-  sigma at every step (16 bits is the least for that schedule); 24 bits would gain nothing
-  measurable, borrow 4 more bits per lane and need 2 x 128 MiB of bin tables instead of 2 x 8.
-* Every bin gets a frequency >= 1 out of 2**latent_prec, i.e. an extra mass of
-  2**(bin_prec - latent_prec) = 2**-12 that mostly cancels between the pop and the push of the
-  same latent; 32 bits (craystack's maximum) keeps it and the rounding of bin masses negligible.
+* Two-level codes (`latent_codec`): a bin index is coded as a coarse bin (COARSE_PREC = 8 bits)
+  and a sub-bin. A quantized codec that can code every symbol gives each a frequency >= 1, so a
+  one-level code over 2**20 bins would put 2**(20 - latent_prec) of q's mass on bins far from
+  the mean, and popping those costs bits downstream.
+* q's coarse level has no such floor (`_unfloored_std_bins`): q is only ever popped from before
+  the decoder pushes the same symbol, so improbable bins are simply never drawn.
+* Whitening (`whiten`): a pop reads the bits that the previous push just wrote, i.e. the quantile
+  of z_{t-2} under the model; drawn from directly, z_t would be correlated with the chain and
+  not distributed as q. Before each pop the lower half of every ANS state gets a hash of the
+  upper halves (a size-preserving bijection the decoder undoes after its push).
+
+Precisions. `Precisions.prior_prec` is the bin precision (in BB-ANS it also sets the number of
+bins per latent), `latent_prec` the coding precision of the latent Gaussians, `obs_prec` that of
+the data. Defaults `BITSWAP_PRECISIONS` = (20, 28, 24):
+
+* A bin of N(0, 1) around z is sqrt(2 pi) exp(z^2 / 2) / 2**bin_prec wide. The narrowest Gaussian
+  coded is q(z_0 | x) of the 4000-step cosine schedule, sigma = sqrt(b_0) = 3.14e-3, centred within
+  |z| <= 1 + 3 sigma, where 20 bits give bins of <= 4.0e-6 (790 bins per sigma); coding with bins
+  of width d instead of densities changes a step's cost by O((d / sigma)^2). `check_bin_precision`
+  asks for `MIN_BINS_PER_SIGMA` = 32 bins per sigma at every step, at the 3-sigma edge of z_t: for
+  vlb100 of 4000 steps that needs 16 bits, for all 4000 steps 19 (steps near t = 2843); 20 covers
+  both. More bits would only add borrowed bits per lane and larger bin tables (2**bin_prec floats).
+* latent_prec = 28 < 32: rANS with 32-bit renormalization loses precision as the coding precision
+  approaches 32 bits (the sampled latents were measurably biased at 32). The sub-bin floors of q
+  and of the model cancel; the model's coarse floor, which q lacks, costs 2**(8 - 28) / ln 2 =
+  1.4e-6 bits per dimension and step.
 """
 from __future__ import annotations
 
@@ -52,11 +66,15 @@ from .latent_model import DiffusionLatentModel, Gaussian
 
 __all__ = [
     "BITSWAP_PRECISIONS",
+    "COARSE_PREC",
     "MIN_BINS_PER_SIGMA",
     "BitSwapCodec",
     "bins_per_sigma",
     "check_bin_precision",
+    "latent_codec",
+    "peak_deficit_bits",
     "std_bin_width",
+    "whiten",
 ]
 
 BITSWAP_PRECISIONS = Precisions(prior_prec=20, latent_prec=28, obs_prec=24)
@@ -265,6 +283,19 @@ def whiten(message: cs.Message, direction: int, salt: int = 0) -> cs.Message:
     return cs.Message(out, message.tail)
 
 
+def peak_deficit_bits(pop_bits: np.ndarray, push_bits: np.ndarray, data_bits: float) -> float:
+    """Most bits a Bit-Swap encode of one batch was behind its start (one `StepTrace` entry),
+    i.e. the initial bits it needs, summed over lanes. Order: pop z_0, push x, then for t >= 1
+    pop z_t, push z_{t-1}, and finally push z_{N-1}; the peak is right after a pop, with
+    z_{t-1} and z_t both out."""
+    level, low = 0.0, 0.0
+    for t in range(len(pop_bits)):
+        level -= pop_bits[t]
+        low = min(low, level)
+        level += data_bits if t == 0 else push_bits[t - 1]
+    return -low
+
+
 def std_bin_width(z: np.ndarray, bin_prec: int) -> np.ndarray:
     """Width of the equal-mass N(0, 1) bin around z: 1 / (2**bin_prec * phi(z))."""
     z = np.asarray(z, dtype=np.float64)
@@ -349,9 +380,12 @@ class BitSwapCodec:
         return cs.DiscretizedGaussian(gaussian[0], gaussian[1], self.lm.num_levels, self.prec.obs_prec)
 
     def initial_words_per_lane(self) -> int:
-        """Initial message words per lane: the two words of the head, plus enough tail words for
-        one worst-case pop (latent_prec bits per dimension). Independent of the step count."""
-        return 2 + -(-self.prec.latent_prec // 32)
+        """Tail words per lane the first batch may borrow (on top of the random head; see
+        `codec.initial_message`), independent of the number of steps: one step's deficit. While
+        z_t is popped, z_{t-1} is still out too, and each costs about bin_prec bits on average
+        over the lanes, which share the tail; hence 2 * (bin_prec + 2) bits (`peak_deficit_bits`
+        measures it). The random head adds about 31 more bits per lane of slack."""
+        return -(-2 * (self.prec.prior_prec + 2) // 32)
 
     # --- encode ---------------------------------------------------------------------------------
     def _check_batch(self, message: cs.Message, x_levels: np.ndarray) -> np.ndarray:

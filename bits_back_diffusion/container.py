@@ -57,7 +57,8 @@ class BBDHeader:
     `data_shape` is one coded image (a tile when `tiling` is set); `num_images` counts coded
     images. `model_flags` / `diffusion_flags` are the `create_model` / `create_gaussian_diffusion`
     arguments (respacing included), so the file plus the checkpoint suffice. `initial_message`
-    ({"words_per_lane", "seed"}) lets the decoder check it ended at the encoder's start.
+    ({"words_per_lane", "seed"}: tail words per lane and seed of `codec.initial_message`) lets
+    the decoder check that it ended exactly at the encoder's start.
     """
 
     codec: str
