@@ -88,7 +88,6 @@ def _load_model(header, model_path: Optional[str], device, source: str):
         raise DecodeError(
             f"{source}: the process has {diffusion.num_timesteps} steps but the file was coded with {header.num_steps}"
         )
-    torch.set_grad_enabled(False)
     return model, diffusion
 
 
