@@ -1,12 +1,17 @@
 """Restore the images of a compressed .bbd file as PNG files.
 
-    python decode.py input=<file.bbd> output_dir=<dir> [model_path=<checkpoint or run dir>]
+    python decode.py input=<file.bbd or encode run dir> output_dir=<dir> [model_path=<checkpoint or run dir>]
                      [device=cpu|cuda] [levels=raw|scaled] [overwrite=false]
 
 The file's header names the codec, precisions, process and model flags, so the checkpoint is
 the only other input (default: the one the encoder recorded). Batches are decoded last-first
 (the message is a stack), tiles are put back together, and image i is written as <i:05d>.png
 (mode L for one channel, RGB for three).
+
+An encode run dir as input decodes its compressed.bbd, or all of its compressed.rank<r>.bbd
+(written by `mpiexec -n W python encode.py`; rank r holds images r, r+W, …) into one numbering.
+A single rank file decodes to its own images under their dataset numbers, unless the pictures
+were tiled: their tiles are spread over all ranks, so pass the run dir then.
 
 Levels: with num_levels = 256 the pixel values are the levels. With fewer levels, `raw`
 (default) writes the level values 0..K-1 themselves, which is what `data=folder` reads back, so
@@ -16,9 +21,11 @@ re-encoding the output gives the same file; `scaled` writes round(k * 255 / (K -
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -92,55 +99,160 @@ def _load_model(header, model_path: Optional[str], device, source: str):
 
 
 def _build_codec(header, latent_model):
-    from bits_back_diffusion.bitswap import BitSwapCodec
-    from bits_back_diffusion.codec import CODECS, Precisions
+    from bits_back_diffusion.codec import Precisions, codec_class
 
-    registry = dict(CODECS)
-    registry.setdefault(BitSwapCodec.name, BitSwapCodec)
-    if header.codec not in registry:
-        raise DecodeError(f"the file uses codec {header.codec!r}, unknown here (known: {', '.join(sorted(registry))})")
-    return registry[header.codec](latent_model, Precisions(**header.precisions))
+    try:
+        cls = codec_class(header.codec)
+    except ValueError as exc:
+        raise DecodeError(f"the file uses codec {header.codec!r}, unknown here ({exc})") from None
+    return cls(latent_model, Precisions(**header.precisions))
 
 
-def decode_file(path: str, model_path: Optional[str] = None, device: str = "cpu",
-                log=print) -> Tuple[object, List[np.ndarray]]:
-    """Decode every image of a .bbd file; returns (header, list of (C, H, W) int64 level arrays)."""
-    import torch
+_SHARED_FIELDS = ("codec", "precisions", "respacing", "steps", "num_steps", "data_shape", "num_levels", "batch_size",
+                  "model_sha256", "model_flags", "diffusion_flags", "clip_denoised", "likelihood_std_min", "tiling")
+_RANK_FILE = re.compile(r"^compressed\.rank(\d+)\.bbd$")
 
+
+def find_inputs(path: str) -> List[str]:
+    """The .bbd files `input=` names: the file itself, or an encode run dir's compressed file(s)."""
+    if not os.path.isdir(path):
+        return [path]
+    single = os.path.join(path, "compressed.bbd")
+    ranks = sorted((int(m.group(1)), name) for name in os.listdir(path) if (m := _RANK_FILE.match(name)))
+    if os.path.isfile(single) and ranks:
+        raise DecodeError(f"{path} holds both compressed.bbd and compressed.rank<r>.bbd files; pass one file as input")
+    if os.path.isfile(single):
+        return [single]
+    if not ranks:
+        raise DecodeError(f"{path} holds no compressed.bbd or compressed.rank<r>.bbd; run encode.py into it first")
+    return [os.path.join(path, name) for _, name in ranks]
+
+
+def rank_of(header) -> Tuple[int, int]:
+    """(rank, world size) of the encoder process that wrote this file; (0, 1) for single files."""
+    return int(header.extra.get("rank", 0)), int(header.extra.get("world_size", 1))
+
+
+def check_rank_set(parts: List[Tuple[str, object]], source: str) -> None:
+    """Several files decode together only as all ranks of one encode run."""
+    if len(parts) == 1:
+        return
+    first = parts[0][1]
+    world = rank_of(first)[1]
+    ranks = sorted(rank_of(h)[0] for _, h in parts)
+    if ranks != list(range(world)) or any(rank_of(h)[1] != world for _, h in parts):
+        raise DecodeError(f"{source}: expected the files of ranks 0..{world - 1} of one run, found ranks {ranks}")
+    for path, header in parts[1:]:
+        for name in _SHARED_FIELDS:
+            if getattr(header, name) != getattr(first, name):
+                raise DecodeError(f"{path}: {name} differs from {parts[0][0]}'s; these files are not from one run")
+
+
+def _expected_initial(header):
+    """The message the encoder started from (codec.initial_message: random head, then tail)."""
     import craystack as cs
-    from bits_back_diffusion.container import read_bbd
-    from bits_back_diffusion.data.tiles import TilingInfo, reassemble
-    from bits_back_diffusion.latent_model import DiffusionLatentModel
-    from bits_back_diffusion.runtime import set_determinism
 
-    header, message = read_bbd(path)
-    set_determinism()
-    torch_device = torch.device(device)
-    model, diffusion = _load_model(header, model_path, torch_device, path)
-    latent_model = DiffusionLatentModel(model, diffusion, torch_device, clip_denoised=header.clip_denoised,
-                                        likelihood_std_min=header.likelihood_std_min)
-    codec = _build_codec(header, latent_model)
+    init = header.initial_message
+    lanes = int(np.prod(header.head_shape))
+    flat = len(cs.flatten(cs.base_message(header.head_shape))) + init["words_per_lane"] * lanes
+    return cs.random_message(flat, header.head_shape, seed=init["seed"])
+
+
+def decode_message(codec, header, message, source: str, log=print) -> np.ndarray:
+    """Pop every batch of one file's message (last first); returns (num_images, C, H, W) int64 levels
+    in coding order, after checking that the message ended exactly where the encoder started."""
+    import craystack as cs
+
     sizes = header.batch_sizes()
     batches = []
     start = time.time()
     for k, size in enumerate(reversed(sizes)):
         message, x = codec.decode(message, size)
         batches.append(x)
-        log(f"decoded batch {len(sizes) - k}/{len(sizes)} ({size} images, {time.time() - start:.1f}s)")
-    images = np.concatenate(batches[::-1]) if batches else np.zeros((0,) + header.data_shape, np.int64)
-    init = header.initial_message
-    if init is not None:
-        lanes = int(np.prod(header.head_shape))  # as codec.initial_message builds it: random head, then tail
-        flat = len(cs.flatten(cs.base_message(header.head_shape))) + init["words_per_lane"] * lanes
-        expected = cs.random_message(flat, header.head_shape, seed=init["seed"])
-        if not cs.message_equal(message, expected):
-            raise DecodeError(
-                f"{path}: decoding did not end at the encoder's initial message, so the images are not trustworthy; "
-                "decode with the same software version and device type as the encoder"
-            )
-    if header.tiling is not None:
-        return header, reassemble(images, TilingInfo.from_dict(header.tiling))
-    return header, list(images)
+        log(f"{os.path.basename(source)}: decoded batch {len(sizes) - k}/{len(sizes)} ({size} images, "
+            f"{time.time() - start:.1f}s)")
+    if header.initial_message is not None and not cs.message_equal(message, _expected_initial(header)):
+        raise DecodeError(
+            f"{source}: decoding did not end at the encoder's initial message, so the images are not trustworthy; "
+            "decode with the same software version and device type as the encoder"
+        )
+    return np.concatenate(batches[::-1]) if batches else np.zeros((0,) + header.data_shape, np.int64)
+
+
+def interleave(parts: List[np.ndarray], world: int) -> np.ndarray:
+    """Rank r's i-th image is dataset image r + i * world (encode.py's sharding)."""
+    total = sum(len(p) for p in parts)
+    out = np.zeros((total,) + parts[0].shape[1:], np.int64)
+    for rank, images in enumerate(parts):
+        if len(out[rank::world]) != len(images):
+            raise DecodeError(f"rank {rank} holds {len(images)} images, but {total} images over {world} ranks "
+                              f"give it {len(out[rank::world])}")
+        out[rank::world] = images
+    return out
+
+
+@contextmanager
+def encoder_threads(header, device, log=print) -> Iterator[None]:
+    """On CPU, torch's intra-op thread count changes how sums are split and so the last bits of the
+    model's outputs; decoding needs them bit-identical, so use the encoder's count (then restore)."""
+    import torch
+
+    wanted = header.extra.get("torch_threads")
+    before = torch.get_num_threads()
+    if device.type != "cpu" or not wanted or int(wanted) == before:
+        yield
+        return
+    log(f"using {wanted} torch threads, as the encoder did (bit-identical model outputs on CPU)")
+    torch.set_num_threads(int(wanted))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def decode_input(path: str, model_path: Optional[str] = None, device: str = "cpu",
+                 log=print) -> Tuple[object, List[np.ndarray], List[int]]:
+    """Decode a .bbd file or an encode run dir; returns (header, pictures as (C, H, W) int64 levels,
+    their numbers in the encoded dataset)."""
+    import torch
+
+    from bits_back_diffusion.container import read_bbd
+    from bits_back_diffusion.data.tiles import TilingInfo, reassemble
+    from bits_back_diffusion.latent_model import DiffusionLatentModel
+    from bits_back_diffusion.runtime import set_determinism
+
+    files = find_inputs(path)
+    read = [(f, read_bbd(f)) for f in files]
+    check_rank_set([(f, h) for f, (h, _) in read], path)
+    header = read[0][1][0]
+    set_determinism()
+    torch_device = torch.device(device)
+    model, diffusion = _load_model(header, model_path, torch_device, files[0])
+    latent_model = DiffusionLatentModel(model, diffusion, torch_device, clip_denoised=header.clip_denoised,
+                                        likelihood_std_min=header.likelihood_std_min)
+    codec = _build_codec(header, latent_model)
+    with encoder_threads(header, torch_device, log):
+        decoded = {rank_of(h)[0]: decode_message(codec, h, m, f, log) for f, (h, m) in read}
+    rank, world = rank_of(header)
+    if len(read) > 1:
+        images, numbers = interleave([decoded[r] for r in range(world)], world), None
+    else:
+        images = decoded[rank]
+        numbers = [rank + i * world for i in range(len(images))]
+    if header.tiling is None:
+        return header, list(images), numbers if numbers is not None else list(range(len(images)))
+    if len(read) == 1 and world > 1:
+        raise DecodeError(f"{files[0]} is rank {rank} of {world}: the tiles of the pictures are spread over all "
+                          "ranks; pass input=<the encode run dir> holding every compressed.rank<r>.bbd")
+    pictures = reassemble(images, TilingInfo.from_dict(header.tiling))
+    return header, pictures, list(range(len(pictures)))
+
+
+def decode_file(path: str, model_path: Optional[str] = None, device: str = "cpu",
+                log=print) -> Tuple[object, List[np.ndarray]]:
+    """Decode every image of a .bbd file (or run dir); returns (header, list of (C, H, W) int64 levels)."""
+    header, images, _ = decode_input(path, model_path, device, log)
+    return header, images
 
 
 def to_pixels(levels: np.ndarray, num_levels: int, mode: str) -> np.ndarray:
@@ -152,11 +264,14 @@ def to_pixels(levels: np.ndarray, num_levels: int, mode: str) -> np.ndarray:
     return pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
 
 
-def write_pngs(images: List[np.ndarray], output_dir: str, num_levels: int, mode: str, overwrite: bool) -> List[str]:
+def write_pngs(images: List[np.ndarray], output_dir: str, num_levels: int, mode: str, overwrite: bool,
+               numbers: Optional[List[int]] = None) -> List[str]:
+    """Image k as <numbers[k]:05d>.png (default numbers: 0, 1, …)."""
     from PIL import Image
 
     os.makedirs(output_dir, exist_ok=True)
-    paths = [os.path.join(output_dir, f"{i:05d}.png") for i in range(len(images))]
+    numbers = list(range(len(images))) if numbers is None else numbers
+    paths = [os.path.join(output_dir, f"{i:05d}.png") for i in numbers]
     if not overwrite:
         existing = [p for p in paths if os.path.exists(p)]
         if existing:
@@ -173,9 +288,9 @@ def main(argv: List[str]) -> int:
         return 0
     try:
         args = parse_args(argv)
-        header, images = decode_file(args["input"], args["model_path"], args["device"])
+        header, images, numbers = decode_input(args["input"], args["model_path"], args["device"])
         paths = write_pngs(images, args["output_dir"], header.num_levels, args["levels"],
-                           args["overwrite"].lower() == "true")
+                           args["overwrite"].lower() == "true", numbers)
     except ValueError as exc:  # DecodeError, BBDFormatError, ModelLoadError, DataError
         print(f"decode.py: error: {exc}", file=sys.stderr)
         return 2

@@ -14,8 +14,9 @@ The expected net cost per image is the negative ELBO, i.e. the VLB in bits.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -171,10 +172,26 @@ class BitsBackCodec:
         return message, x_levels.astype(np.int64)
 
 
-CODECS = {"bbans": BitsBackCodec}
+CODECS: Dict[str, type] = {"bbans": BitsBackCodec}
+# Codecs defined in modules that import this one (bitswap.py needs Precisions, StepTrace, …), so they
+# cannot be imported here at load time; `codec_class` imports and registers them on first use.
+_LAZY_CODECS: Dict[str, Tuple[str, str]] = {"bitswap": (".bitswap", "BitSwapCodec")}
+
+
+def codec_names() -> List[str]:
+    """Every codec name `codec=<name>` accepts."""
+    return sorted(set(CODECS) | set(_LAZY_CODECS))
+
+
+def codec_class(name: str) -> type:
+    """The codec class registered as `name`; raises ValueError listing the choices otherwise."""
+    if name not in CODECS and name in _LAZY_CODECS:
+        module, attr = _LAZY_CODECS[name]
+        CODECS[name] = getattr(importlib.import_module(module, __package__), attr)
+    if name not in CODECS:
+        raise ValueError(f"unknown codec {name!r}; choose one of {', '.join(codec_names())} (codec=<name>)")
+    return CODECS[name]
 
 
 def build_codec(name: str, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False):
-    if name not in CODECS:
-        raise ValueError(f"unknown codec {name!r}; choose one of {', '.join(sorted(CODECS))} (codec=<name>)")
-    return CODECS[name](latent_model, precisions, track=track)
+    return codec_class(name)(latent_model, precisions, track=track)

@@ -7,6 +7,9 @@ One message per rank. Images are pushed batch after batch; decoding pops them in
     rate_effective  bits added to the message: final − initial
     rate_used       rate_effective plus the initial bits the first batch actually consumed
 
+`initial_bytes_per_lane` is that consumption per ANS lane (bytes), the figure that tells how many
+initial bits a codec really needs (BB-ANS: about steps x latent_prec bits; Bit-Swap: about one step).
+
 Bits are counted as message information (32 per tail word plus log2 of each 64-bit head lane);
 rate_total counts whole stored words.
 """
@@ -94,9 +97,17 @@ class DatasetCoder:
         self.vlb_fn = vlb_fn
 
     # --- the initial message ---------------------------------------------------------------
+    @property
+    def initial_seed(self) -> int:
+        return self.seed + INITIAL_SEED_OFFSET + self.plan.rank
+
     def initial_message(self) -> cs.Message:
         """Random bits the first batch borrows from; reproducible from the seed and rank."""
-        return initial_message(self.codec, self.plan.head_shape, self.seed + INITIAL_SEED_OFFSET + self.plan.rank)
+        return initial_message(self.codec, self.plan.head_shape, self.initial_seed)
+
+    def initial_message_spec(self) -> Dict[str, int]:
+        """What a decoder needs to rebuild `initial_message` and check it ended there (.bbd header)."""
+        return {"words_per_lane": int(self.codec.initial_words_per_lane()), "seed": int(self.initial_seed)}
 
     def _path(self, phase: str, samples: int) -> str:
         return os.path.join(self.run_dir, checkpoint_name(phase, samples, self.plan.rank, self.plan.world_size))
@@ -224,6 +235,7 @@ def summarize(states: List[Dict[str, Any]]) -> Dict[str, Any]:
     consumed = sum(s["consumed_bits"] or 0.0 for s in states)
     total_bytes = sum(s["final_bytes"] for s in states)
     vlb_count = sum(s["vlb_count"] for s in states)
+    lanes = sum(s["lanes"] for s in states)
     return {
         "samples": sum(s["samples"] for s in states),
         "rate_total": 8.0 * total_bytes / dims,
@@ -232,6 +244,7 @@ def summarize(states: List[Dict[str, Any]]) -> Dict[str, Any]:
         "bytes_total": total_bytes,
         "initial_bytes": sum(s["initial_bytes"] for s in states),
         "initial_bytes_used": consumed / 8.0,
+        "initial_bytes_per_lane": consumed / 8.0 / lanes if lanes else None,
         "vlb": sum(s["vlb_sum"] for s in states) / vlb_count if vlb_count else None,
         "encode_seconds": max(s["encode_seconds"] for s in states),
         "decode_seconds": max(s.get("decode_seconds", 0.0) for s in states),
@@ -244,6 +257,7 @@ def rank_stats(plan: EncodePlan, encoded: CodecState, decoded: Optional[CodecSta
     return {
         "dims": plan.dims(),
         "samples": plan.samples,
+        "lanes": int(np.prod(plan.head_shape)),
         "final_bits": message_bits(encoded.message),
         "final_bytes": 4 * len(cs.flatten(encoded.message)),
         "initial_bits": stats["initial_bits"],

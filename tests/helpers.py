@@ -1,12 +1,15 @@
 """Builders shared by tests: tiny models saved as run dirs, and running the scripts for real."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Dict, List, Optional
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
@@ -62,3 +65,22 @@ def run_script(script: str, overrides: List[str], timeout: float = 600, check: b
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def decode_script() -> ModuleType:
+    """decode.py as a module, to call its main() in-process (no interpreter start-up)."""
+    spec = importlib.util.spec_from_file_location("decode_script", REPO_ROOT / "decode.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_pngs(folder: Path, numbers) -> List[np.ndarray]:
+    """decode.py's <i:05d>.png files as (C, H, W) uint8 arrays."""
+    from PIL import Image
+
+    out = []
+    for i in numbers:
+        pixels = np.asarray(Image.open(Path(folder) / f"{i:05d}.png"))
+        out.append(pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1))
+    return out

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
+import numpy as np
 import pytest
 
 from bits_back_diffusion.codec import message_bits
 from bits_back_diffusion.codec_checkpoints import CodecState
-from helpers import make_run_dir, run_script
+from bits_back_diffusion.data import build_dataset
+from helpers import decode_script, make_run_dir, read_pngs, run_script
 
 pytestmark = pytest.mark.mpi
 
@@ -62,3 +65,14 @@ def test_encode_two_ranks_roundtrip_and_aggregate(model_dir, tmp_path):
     # the same images in two messages instead of one: equal up to the latents' sampling noise
     # (512 dimensions in all, so a few percent)
     assert r2["rate_effective"] == pytest.approx(r1["rate_effective"], rel=0.15)
+    # one .bbd per rank; decode.py interleaves the run dir's files back into dataset order
+    assert r2["compressed_files"] == [str(two / f"compressed.rank{r}.bbd") for r in (0, 1)]
+    assert r2["decode_input"] == str(two)
+    decode = decode_script()
+    digits = build_dataset({"name": "digits", "image_size": 8, "channels": 1, "num_levels": 17}, "val")
+    assert decode.main([f"input={two}", f"output_dir={tmp_path / 'all'}"]) == 0
+    for i, got in enumerate(read_pngs(tmp_path / "all", range(8))):
+        np.testing.assert_array_equal(got, digits[i])
+    # one rank's file alone gives its own images under their dataset numbers
+    assert decode.main([f"input={two / 'compressed.rank1.bbd'}", f"output_dir={tmp_path / 'r1'}"]) == 0
+    assert sorted(os.listdir(tmp_path / "r1")) == ["00001.png", "00003.png", "00005.png", "00007.png"]

@@ -1,0 +1,126 @@
+"""encode.py -> compressed.bbd -> decode.py through the CLIs, for both codecs and for tiled pictures.
+
+The only proof that the file is complete is restoring the exact source pixels from it with a
+fresh process that knows nothing but the file and the checkpoint.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bits_back_diffusion.compressed import tiling_of
+from bits_back_diffusion.container import read_bbd
+from bits_back_diffusion.data import DataError, build_dataset
+from helpers import REPO_ROOT, decode_script, make_run_dir, read_pngs, run_script
+
+FAST = ["wandb.mode=disabled", "diffusion.timestep_respacing=4", "compare_classical=false",
+        "evaluator.compute_vlb=false"]
+DIGITS = ["data=digits", "evaluator.num_samples=5", "data.val.batch_size=2"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return make_run_dir(tmp_path_factory.mktemp("model") / "run", seed=3)
+
+
+def encode(model_dir: Path, run_dir: Path, *extra: str, check: bool = True):
+    return run_script("encode.py", FAST + [f"evaluator.model_path={model_dir}", f"hydra.run.dir={run_dir}", *extra],
+                      check=check)
+
+
+def digits(count: int) -> List[np.ndarray]:
+    data = build_dataset({"name": "digits", "image_size": 8, "channels": 1, "num_levels": 17}, "val")
+    return [data[i] for i in range(count)]
+
+
+def decode_via_encode_alias(args: List[str]) -> None:
+    """`python encode.py mode=decode …`, in this process (one interpreter start-up less)."""
+    spec = importlib.util.spec_from_file_location("encode_script", REPO_ROOT / "encode.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module._decode_alias(["mode=decode", *args]) == 0
+
+
+@pytest.mark.parametrize("codec", ["bitswap", "bbans"])
+def test_encode_then_decode_restores_the_images(model_dir, tmp_path, codec):
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    encode(model_dir, run_dir, *DIGITS, f"codec={codec}")
+    results = json.loads((run_dir / "results.json").read_text())
+    bbd = run_dir / "compressed.bbd"
+    assert results["roundtrip_ok"] is True and results["codec"] == codec
+    assert results["compressed_files"] == [str(bbd)] and results["decode_input"] == str(bbd)
+    assert results["compressed_bytes"] == bbd.stat().st_size
+    assert results["rate_file"] == pytest.approx(8 * bbd.stat().st_size / (5 * 64))
+    assert 0 < results["initial_bytes_per_lane"] <= results["initial_bytes"] / (2 * 64)
+
+    header, _ = read_bbd(str(bbd), expected_model_sha256=results["model_sha256"])
+    prior, latent, obs = {"bitswap": (20, 28, 24), "bbans": (10, 18, 24)}[codec]
+    assert header.codec == codec
+    assert header.precisions == {"prior_prec": prior, "latent_prec": latent, "obs_prec": obs}
+    assert (header.num_images, header.batch_size, header.num_steps, header.respacing) == (5, 2, 4, "4")
+    assert header.tiling is None and header.extra["world_size"] == 1
+
+    if codec == "bitswap":  # a fresh process, as a user runs it
+        run_script("decode.py", [f"input={bbd}", f"output_dir={out}"])
+    else:
+        decode_via_encode_alias([f"input={bbd}", f"output_dir={out}"])
+    assert sorted(p.name for p in out.iterdir()) == [f"{i:05d}.png" for i in range(5)]
+    for got, want in zip(read_pngs(out, range(5)), digits(5)):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.fixture
+def odd_pictures(tmp_path) -> Path:
+    """An 11 x 13 picture (larger than the 8 x 8 model, odd sizes: 4 tiles with padding) and an 8 x 8 one."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 17, (11, 13)).astype(np.uint8), mode="L").save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 17, (8, 8)).astype(np.uint8), mode="L").save(folder / "b.png")
+    return folder
+
+
+def folder_args(folder: Path) -> List[str]:
+    return ["data=folder", f"data.val.data_dir={folder}", "data.channels=1", "data.num_levels=17",
+            "data.image_size=8", "data.val.batch_size=2"]
+
+
+def test_odd_sized_picture_is_tiled_and_restored(model_dir, odd_pictures, tmp_path):
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    encode(model_dir, run_dir, *folder_args(odd_pictures), "codec=bitswap")  # with OMP_NUM_THREADS=1
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["tiling"] == {"pictures": 2, "tiles": 5, "tile_size": 8} and results["samples"] == 5
+
+    # In this process, with another torch thread count: decode.py must switch to the encoder's
+    # (CPU sums depend on it, and the codec needs bit-identical model outputs), then switch back.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert decode_script().main([f"input={run_dir}", f"output_dir={out}"]) == 0  # a run dir as input
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    for name, got in zip(["a.png", "b.png"], read_pngs(out, range(2))):
+        np.testing.assert_array_equal(got[0], np.asarray(Image.open(odd_pictures / name)))
+
+
+def test_coding_part_of_a_picture_is_refused(odd_pictures):
+    dataset = build_dataset({"name": "folder", "image_size": 8, "channels": 1, "num_levels": 17,
+                             "val": {"data_dir": str(odd_pictures)}}, "val")
+    with pytest.raises(DataError, match="2 tiles end inside a picture"):
+        tiling_of(dataset, 2)
+    assert tiling_of(dataset, 4).num_tiles == 4 and tiling_of(dataset, -1).num_tiles == 5
+
+
+def test_bitswap_bins_too_coarse_for_the_process_are_refused(model_dir, tmp_path):
+    proc = encode(model_dir, tmp_path / "run", *DIGITS, "codec=bitswap", "codec.prior_prec=8", check=False)
+    assert proc.returncode != 0
+    assert "codec=bitswap: prior_prec=8" in proc.stderr
+    assert not list((tmp_path / "run").glob("encode-ckpt*"))
