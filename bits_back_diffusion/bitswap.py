@@ -22,18 +22,20 @@ p(z_t | z_{t+1}) (known to the decoder only), so its bins may depend on neither:
 uses the same 2**bin_prec bins of equal mass under N(0, 1), and a latent's value is its bin
 centre. The top prior N(0, I) is then exactly uniform over the bins.
 
-Three details keep the net rate at the VLB (without them it measured 1-85% above it):
+Three details keep the net rate at the VLB (without them it measured 1-470% above it):
 
-* Two-level codes (`latent_codec`): a bin index is coded as a coarse bin (COARSE_PREC = 8 bits)
-  and a sub-bin. A quantized codec that can code every symbol gives each a frequency >= 1, so a
-  one-level code over 2**20 bins would put 2**(20 - latent_prec) of q's mass on bins far from
-  the mean, and popping those costs bits downstream.
-* q's coarse level has no such floor (`_unfloored_std_bins`): q is only ever popped from before
-  the decoder pushes the same symbol, so improbable bins are simply never drawn.
-* Whitening (`whiten`): a pop reads the bits that the previous push just wrote, i.e. the quantile
-  of z_{t-2} under the model; drawn from directly, z_t would be correlated with the chain and
-  not distributed as q. Before each pop the lower half of every ANS state gets a hash of the
-  upper halves (a size-preserving bijection the decoder undoes after its push).
+* q has no frequency floor (`_unfloored_codec`): q is only ever popped from before the decoder
+  pushes the same symbol, so a bin of zero frequency is never needed. The model's code
+  (`model_latent_codec`) must take any bin, so every bin gets a frequency >= 1 there.
+* Both are coded in two levels, a coarse bin (COARSE_PREC = 8 bits) and a sub-bin inside it,
+  each at latent_prec bits. One level of 2**20 bins at 28 bits leaves 2**8 counts per bin: the
+  model's floor would then cost 2**(20 - 28) / ln 2 bits per push, and q's rounded CDF gives a
+  count of 1 to tail bins of far smaller mass, each draw of which costs its log-ratio (measured:
+  1% of the rate of the demo model). With two levels the floor costs 2 * 2**(-16) / ln 2.
+* Keyed slots (`slot_key`): a pop reads the bits that the previous push just wrote, i.e. the
+  quantile of z_{t-2} under the model; drawn from directly, z_t would be correlated with the
+  chain and not distributed as q. q's slots are rotated by a hash of the ANS state's quotient,
+  which permutes the code without changing any state's size.
 
 Precisions. `Precisions.prior_prec` is the bin precision (in BB-ANS it also sets the number of
 bins per latent), `latent_prec` the coding precision of the latent Gaussians, `obs_prec` that of
@@ -47,9 +49,7 @@ the data. Defaults `BITSWAP_PRECISIONS` = (20, 28, 24):
   vlb100 of 4000 steps that needs 16 bits, for all 4000 steps 19 (steps near t = 2843); 20 covers
   both. More bits would only add borrowed bits per lane and larger bin tables (2**bin_prec floats).
 * latent_prec = 28 < 32: rANS with 32-bit renormalization loses precision as the coding precision
-  approaches 32 bits (the sampled latents were measurably biased at 32). The sub-bin floors of q
-  and of the model cancel; the model's coarse floor, which q lacks, costs 2**(8 - 28) / ln 2 =
-  1.4e-6 bits per dimension and step.
+  approaches 32 bits (the sampled latents were measurably biased at 32).
 """
 from __future__ import annotations
 
@@ -71,15 +71,16 @@ __all__ = [
     "BitSwapCodec",
     "bins_per_sigma",
     "check_bin_precision",
-    "latent_codec",
+    "model_latent_codec",
+    "sampled_latent_codec",
     "peak_deficit_bits",
+    "slot_key",
     "std_bin_width",
-    "whiten",
 ]
 
 BITSWAP_PRECISIONS = Precisions(prior_prec=20, latent_prec=28, obs_prec=24)
 MIN_BINS_PER_SIGMA = 32.0
-COARSE_PREC = 8  # bits of the first level of a latent's bin index (see latent_codec)
+COARSE_PREC = 8  # bits of the first level of the model's bin index (see model_latent_codec)
 _U32 = np.uint64(32)
 _LOW = np.uint64(0xFFFFFFFF)
 _MAX_BIN_PREC = 24  # craystack's limit for equal-mass bin tables
@@ -97,16 +98,41 @@ def _hash32(values: np.ndarray, salt: int) -> np.ndarray:
     return z >> _U32
 
 
-def _sub_bin_codec(mean: np.ndarray, std: np.ndarray, coarse: np.ndarray, bin_prec: int, fine_bits: int,
-                   coding_prec: int) -> cs.Codec:
-    """N(mean, std) restricted to coarse bin `coarse`, over its 2**fine_bits sub-bins (the bins of
-    precision bin_prec inside it). The conditional CDF is taken on the side of the bin away from
-    the mean, where it keeps its relative accuracy; a bin with no representable mass is uniform."""
+CdfFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (symbols, lanes) -> CDF in [0, 1]
+
+
+def _std_bins_cdf(mean: np.ndarray, std: np.ndarray, bin_prec: int) -> Tuple[CdfFn, CdfFn, Tuple[int, ...]]:
+    """CDF of N(mean, std) at the edges of the 2**bin_prec equal-mass bins of N(0, 1), and an
+    approximate inverse (a guess of the bin holding quantile u), per lane."""
+    edges = cs.std_gaussian_buckets(bin_prec)
+    n = 1 << bin_prec
+    shape = np.broadcast_shapes(np.shape(mean), np.shape(std))
+    mu = np.broadcast_to(np.asarray(mean, dtype=np.float64), shape).reshape(-1)
+    sd = np.broadcast_to(np.asarray(std, dtype=np.float64), shape).reshape(-1)
+
+    def cdf(idx: np.ndarray, lanes: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            g = ndtr((edges[idx] - mu[lanes]) / sd[lanes])
+        return (g + idx * _CDF_EPS) / (1.0 + n * _CDF_EPS)  # non-decreasing despite ndtr's last bit
+
+    def guess(u: np.ndarray, lanes: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+            return ndtr(mu[lanes] + sd[lanes] * ndtri(u)) * n
+
+    return cdf, guess, shape
+
+
+def _sub_bins_cdf(mean: np.ndarray, std: np.ndarray, coarse: np.ndarray, bin_prec: int,
+                  fine_bits: int) -> Tuple[CdfFn, CdfFn, Tuple[int, ...]]:
+    """CDF of N(mean, std) restricted to coarse bin `coarse`, at the edges of its 2**fine_bits
+    sub-bins (the bins of precision bin_prec inside it), and an approximate inverse. The CDF is
+    taken on the side of the bin away from the mean, where it keeps its relative accuracy; a
+    bin with no representable mass is uniform."""
     edges = cs.std_gaussian_buckets(bin_prec)
     n = 1 << fine_bits
-    mu, sd, c = (a.reshape(-1) for a in np.broadcast_arrays(
-        np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64), np.asarray(coarse, dtype=np.int64)))
     shape = np.broadcast_shapes(np.shape(mean), np.shape(std), np.shape(coarse))
+    mu, sd, c = (np.broadcast_to(a, shape).reshape(-1) for a in (
+        np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64), np.asarray(coarse, dtype=np.int64)))
     base = c << fine_bits
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         lo = (edges[base] - mu) / sd
@@ -116,30 +142,38 @@ def _sub_bin_codec(mean: np.ndarray, std: np.ndarray, coarse: np.ndarray, bin_pr
         mass = np.where(upper, ref - ndtr(-hi), ndtr(hi) - ref)
     flat = ~(mass > _MIN_MASS)
     mass = np.where(flat, 1.0, mass)
-    params = (mu, sd, base, ref, mass, upper, flat)
+
+    def cdf(idx: np.ndarray, lanes: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            z = (edges[base[lanes] + idx] - mu[lanes]) / sd[lanes]
+            g = np.where(upper[lanes], (ref[lanes] - ndtr(-z)) / mass[lanes], (ndtr(z) - ref[lanes]) / mass[lanes])
+        g = np.clip(np.where(flat[lanes], idx / n, g), 0.0, 1.0)
+        return (g + idx * _CDF_EPS) / (1.0 + n * _CDF_EPS)  # strictly increasing despite rounding
+
+    def guess(u: np.ndarray, lanes: np.ndarray) -> np.ndarray:
+        up, r, m = upper[lanes], ref[lanes], mass[lanes]
+        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+            target = np.where(up, r - u * m, r + u * m)
+            z = np.where(up, -ndtri(target), ndtri(target))
+            g = ndtr(mu[lanes] + sd[lanes] * z) * float(1 << bin_prec) - base[lanes]
+        return np.where(flat[lanes], u * n, g)
+
+    return cdf, guess, shape
+
+
+def _sub_bin_codec(mean: np.ndarray, std: np.ndarray, coarse: np.ndarray, bin_prec: int, fine_bits: int,
+                   coding_prec: int) -> cs.Codec:
+    """The model's code for a sub-bin given its coarse bin: every sub-bin gets a frequency >= 1."""
+    cdf, guess, shape = _sub_bins_cdf(mean, std, coarse, bin_prec, fine_bits)
+    all_lanes = np.arange(int(np.prod(shape)))
 
     def lane_params(lanes_shape):
         if tuple(lanes_shape) != tuple(shape):
             raise ValueError(f"sub-bin codec built for lanes of shape {shape}, used on {tuple(lanes_shape)}")
-        return params
+        return (all_lanes,)
 
-    def cdf(idx, p):
-        mu_, sd_, base_, ref_, mass_, upper_, flat_ = p
-        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-            z = (edges[base_ + idx] - mu_) / sd_
-            g = np.where(upper_, (ref_ - ndtr(-z)) / mass_, (ndtr(z) - ref_) / mass_)
-        g = np.clip(np.where(flat_, idx / n, g), 0.0, 1.0)
-        return (g + idx * _CDF_EPS) / (1.0 + n * _CDF_EPS)  # strictly increasing despite rounding
-
-    def guess(u, p):
-        mu_, sd_, base_, ref_, mass_, upper_, flat_ = p
-        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-            target = np.where(upper_, ref_ - u * mass_, ref_ + u * mass_)
-            z = np.where(upper_, -ndtri(target), ndtri(target))
-            g = ndtr(mu_ + sd_ * z) * float(1 << bin_prec) - base_
-        return np.where(flat_, u * n, g)
-
-    return cs.quantized_cdf_codec("bitswap sub-bins", n, coding_prec, lane_params, cdf, guess)
+    return cs.quantized_cdf_codec("bitswap sub-bins", 1 << fine_bits, coding_prec, lane_params,
+                                  lambda idx, p: cdf(idx, p[0]), lambda u, p: guess(u, p[0]))
 
 
 def _search(cum: Callable[[np.ndarray, np.ndarray], np.ndarray], cf: np.ndarray, n: int) -> np.ndarray:
@@ -155,25 +189,19 @@ def _search(cum: Callable[[np.ndarray, np.ndarray], np.ndarray], cf: np.ndarray,
     return lo
 
 
-def _unfloored_std_bins(mean: np.ndarray, std: np.ndarray, bin_prec: int, coding_prec: int) -> cs.Codec:
-    """N(mean, std) over the 2**bin_prec equal-mass bins of N(0, 1), each bin's frequency its
-    rounded-down cumulative Gaussian mass, which may be 0.
+def _unfloored_codec(cdf: CdfFn, guess: CdfFn, n: int, shape: Tuple[int, ...], coding_prec: int,
+                     key: Optional[cs.SlotKey] = None) -> cs.Codec:
+    """A distribution over n symbols given by its CDF, each symbol's frequency its rounded-down
+    cumulative mass, which may be 0.
 
-    Only for q: the encoder pops from it before the decoder pushes the same symbol, so a bin of
-    zero frequency is never needed, and no bin far from the mean is ever drawn (craystack's codecs
-    give every bin a frequency >= 1, i.e. 2**(bin_prec - coding_prec) of the mass to such bins)."""
-    edges = cs.std_gaussian_buckets(bin_prec)
-    n = 1 << bin_prec
+    Only for q: the encoder pops from it before the decoder pushes the same symbol, so a symbol
+    of zero frequency is never needed, and no symbol far in the tails is ever drawn (craystack's
+    codecs give every symbol a frequency >= 1, i.e. n / 2**coding_prec of the mass to such
+    symbols, and each such draw costs its log-ratio to the true mass)."""
     total = 1 << coding_prec
-    shape = np.broadcast_shapes(np.shape(mean), np.shape(std))
-    mu = np.broadcast_to(np.asarray(mean, dtype=np.float64), shape).reshape(-1)
-    sd = np.broadcast_to(np.asarray(std, dtype=np.float64), shape).reshape(-1)
 
     def cum(idx: np.ndarray, lanes: np.ndarray) -> np.ndarray:
-        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-            g = ndtr((edges[idx] - mu[lanes]) / sd[lanes])
-        g = (g + idx * _CDF_EPS) / (1.0 + n * _CDF_EPS)  # non-decreasing despite ndtr's last bit
-        c = np.floor(g * total).astype(np.uint64)
+        c = np.floor(cdf(np.clip(idx, 0, n), lanes) * total).astype(np.uint64)
         c[idx <= 0] = 0
         c[idx >= n] = total
         return c
@@ -194,15 +222,14 @@ def _unfloored_std_bins(mean: np.ndarray, std: np.ndarray, bin_prec: int, coding
                 "bitswap: a latent has zero probability under q(z_t | z_(t-1)); the message does not come "
                 "from this encoder, model or file"
             )
-        return (cs.push_freqs(message, start.reshape(shape), (end - start).reshape(shape), coding_prec),)
+        return (cs.push_freqs(message, start.reshape(shape), (end - start).reshape(shape), coding_prec, key),)
 
     def pop(message: cs.Message):
         check_shape(message)
-        cf = cs.peek(message, coding_prec).reshape(-1)
+        cf = (cs.peek(message, coding_prec) if key is None else cs.peek_keyed(message, coding_prec, key)).reshape(-1)
         lanes = np.arange(cf.size)
-        with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
-            guess = ndtr(mu + sd * ndtri((cf + 0.5) / total)) * n
-        sym = np.clip(np.nan_to_num(np.floor(guess), nan=0.0), 0, n - 1).astype(np.int64)
+        first = np.nan_to_num(np.floor(guess((cf + 0.5) / total, lanes)), nan=0.0)
+        sym = np.clip(first, 0, n - 1).astype(np.int64)
         start, end = cum(sym, lanes), cum(sym + 1, lanes)
         miss = np.flatnonzero((cf < start) | (cf >= end))
         if miss.size:
@@ -216,28 +243,72 @@ def _unfloored_std_bins(mean: np.ndarray, std: np.ndarray, bin_prec: int, coding
     return cs.Codec(push, pop)
 
 
-Mixer = Callable[[cs.Message, int], cs.Message]
+def slot_key(salt: int) -> cs.SlotKey:
+    """The rotation of q's slots at step `salt` (see `craystack.push_freqs`): a hash of each lane's
+    quotient head >> latent_prec, which both sides know before the slot is read or written.
+
+    Without it, a pop of z_t reads the low bits that the push of z_{t-2} just wrote, i.e. the
+    quantile of z_{t-2} under the model, and draws latents correlated with the chain instead of
+    from q (measured: 5.7x the VLB on the demo model). Rotating slots inside a quotient is a valid
+    rANS code with the same state sizes, so unlike scrambling the head's bits it costs nothing."""
+    def key(quotients: np.ndarray) -> np.ndarray:
+        return _hash32(quotients, salt + 104729)
+
+    return key
 
 
-def latent_codec(mean: np.ndarray, std: np.ndarray, bin_prec: int, coding_prec: int,
-                 coarse_prec: int = COARSE_PREC, sampled: bool = False, mix: Optional[Mixer] = None) -> cs.Codec:
-    """N(mean, std) over the 2**bin_prec equal-mass bins of N(0, 1), coded as a coarse bin (equal
-    mass at coarse_prec) and a sub-bin inside it.
+def sampled_latent_codec(mean: np.ndarray, std: np.ndarray, bin_prec: int, coding_prec: int,
+                         salt: Optional[int] = None, coarse_prec: int = COARSE_PREC) -> cs.Codec:
+    """q(z_t | z_{t-1}) over the 2**bin_prec equal-mass bins of N(0, 1): a coarse bin, then a
+    sub-bin inside it, both without a frequency floor (see `_unfloored_codec`).
 
-    Quantized codecs that can code every symbol give each a frequency >= 1, which shifts
-    2**(alphabet bits - coding_prec) of the mass to improbable symbols; splitting the index keeps
-    that small. With `sampled` (the distribution popped from, q) the coarse level has no such
-    floor, so a pop never lands far from the mean; a sub-bin floor only moves a latent within its
-    coarse bin. `mix(message, +1)` runs before each pop and `mix(message, -1)` after each push
-    (see `whiten`)."""
+    Two levels because one level of 2**20 bins at coding_prec = 28 leaves only 2**8 counts per
+    bin: in q's tails, bins whose mass is far below 2**-28 get a count of 1 wherever the
+    rounded CDF steps, and drawing them costs log2(1 / (mass * 2**28)) bits each (measured: 1%
+    of the rate on the demo model). With `salt`, each level's slots are rotated by
+    `slot_key` (see there)."""
     fine_bits = max(0, bin_prec - coarse_prec)
     coarse_bits = bin_prec - fine_bits
-    if sampled:
-        coarse = _unfloored_std_bins(mean, std, coarse_bits, coding_prec)
-    else:
-        coarse = cs.DiagGaussian_StdBins(mean, std, coding_prec, coarse_bits)
+    coarse_cdf, coarse_guess, shape = _std_bins_cdf(mean, std, coarse_bits)
+    coarse = _unfloored_codec(coarse_cdf, coarse_guess, 1 << coarse_bits, shape, coding_prec,
+                              None if salt is None else slot_key(2 * salt))
     mask = (1 << fine_bits) - 1
-    mixer: Mixer = mix if mix is not None else (lambda message, direction: message)
+
+    def fine(c: np.ndarray) -> cs.Codec:
+        cdf, guess, _ = _sub_bins_cdf(mean, std, c, bin_prec, fine_bits)
+        return _unfloored_codec(cdf, guess, 1 << fine_bits, shape, coding_prec,
+                                None if salt is None else slot_key(2 * salt + 1))
+
+    def push(message: cs.Message, idx: np.ndarray):
+        idx = np.asarray(idx, dtype=np.int64)
+        if fine_bits:
+            c = idx >> fine_bits
+            message, = fine(np.clip(c, 0, (1 << coarse_bits) - 1)).push(message, idx & mask)
+            idx = c
+        return coarse.push(message, idx)
+
+    def pop(message: cs.Message):
+        message, c = coarse.pop(message)
+        if not fine_bits:
+            return message, c
+        message, f = fine(c).pop(message)
+        return message, (c << fine_bits) | f
+
+    return cs.Codec(push, pop)
+
+
+def model_latent_codec(mean: np.ndarray, std: np.ndarray, bin_prec: int, coding_prec: int,
+                       coarse_prec: int = COARSE_PREC) -> cs.Codec:
+    """p(z_{t-1} | z_t) over the same bins, coded as a coarse bin (equal mass at coarse_prec) and
+    a sub-bin inside it.
+
+    The model's code must take any bin however improbable, so every symbol gets a frequency >= 1,
+    which takes 2**(alphabet bits - coding_prec) of the mass from the probable ones and costs that
+    much / ln 2 bits per push; two levels keep it at 2 * 2**(-16) / ln 2 ~ 4.4e-5 bits."""
+    fine_bits = max(0, bin_prec - coarse_prec)
+    coarse_bits = bin_prec - fine_bits
+    coarse = cs.DiagGaussian_StdBins(mean, std, coding_prec, coarse_bits)
+    mask = (1 << fine_bits) - 1
 
     def fine(c: np.ndarray) -> cs.Codec:
         return _sub_bin_codec(mean, std, c, bin_prec, fine_bits, coding_prec)
@@ -250,37 +321,17 @@ def latent_codec(mean: np.ndarray, std: np.ndarray, bin_prec: int, coding_prec: 
             idx = idx.astype(np.int64)
             c = idx >> fine_bits
             message, = fine(np.clip(c, 0, (1 << coarse_bits) - 1)).push(message, idx & mask)
-            message = mixer(message, -1)
             idx = c
-        message, = coarse.push(message, idx)
-        return (mixer(message, -1),)
+        return coarse.push(message, idx)
 
     def pop(message: cs.Message):
-        message, c = coarse.pop(mixer(message, +1))
+        message, c = coarse.pop(message)
         if not fine_bits:
             return message, c
-        message, f = fine(c).pop(mixer(message, +1))
+        message, f = fine(c).pop(message)
         return message, (c << fine_bits) | f
 
     return cs.Codec(push, pop)
-
-
-def whiten(message: cs.Message, direction: int, salt: int = 0) -> cs.Message:
-    """Add (+1) or subtract (-1) a hash of each head's upper 32 bits to its lower 32 bits.
-
-    A bijection on ANS states that keeps their size. Without it, a pop reads the low bits left by
-    the last push (or a tail word), i.e. the quantile of the previous latent under the model, and
-    samples latents that are correlated with the chain instead of drawn from q."""
-    head = message.head
-    high = head >> _U32
-    flat = high.reshape(-1)
-    key = flat ^ (_hash32(np.roll(flat, 1), salt + 7919) << _U32) ^ _hash32(np.roll(flat, 97), salt + 104729)
-    mix = _hash32(key, salt).reshape(high.shape)
-    low = head & _LOW
-    low = (low + mix) & _LOW if direction > 0 else (low + (_LOW + np.uint64(1) - mix)) & _LOW
-    out = (high << _U32) | low
-    out.flags.writeable = False
-    return cs.Message(out, message.tail)
 
 
 def peak_deficit_bits(pop_bits: np.ndarray, push_bits: np.ndarray, data_bits: float) -> float:
@@ -339,7 +390,7 @@ class BitSwapCodec:
     default_precisions = BITSWAP_PRECISIONS
 
     def __init__(self, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False,
-                 whiten: bool = True):
+                 keyed_slots: bool = True):
         if not isinstance(precisions, Precisions):
             raise TypeError(f"precisions must be a codec.Precisions, got {type(precisions).__name__}")
         if precisions.prior_prec > _MAX_BIN_PREC:
@@ -356,7 +407,7 @@ class BitSwapCodec:
         self._noise = np.sqrt(betas)
         self._centres = cs.std_gaussian_centres(precisions.prior_prec)
         self._top = cs.Uniform(precisions.prior_prec)  # N(0, I) over its own equal-mass bins
-        self.whiten = whiten
+        self.keyed_slots = keyed_slots  # False only to measure what the keys are for
 
     # --- the discretization shared by encoder and decoder ------------------------------------
     def _value(self, idx: np.ndarray) -> np.ndarray:
@@ -368,13 +419,12 @@ class BitSwapCodec:
 
     def _forward_codec(self, z_prev: np.ndarray, t: int) -> cs.Codec:
         """q(z_t | z_{t-1}) over the shared bins."""
-        mix = (lambda message, direction: whiten(message, direction, t)) if self.whiten else None
-        return latent_codec(self._keep[t] * z_prev, self._noise[t], self.prec.prior_prec, self.prec.latent_prec,
-                            sampled=True, mix=mix)
+        return sampled_latent_codec(self._keep[t] * z_prev, self._noise[t], self.prec.prior_prec,
+                                    self.prec.latent_prec, salt=t if self.keyed_slots else None)
 
     def _reverse_codec(self, gaussian: Gaussian) -> cs.Codec:
         """p(z_{t-1} | z_t) over the shared bins."""
-        return latent_codec(gaussian[0], gaussian[1], self.prec.prior_prec, self.prec.latent_prec)
+        return model_latent_codec(gaussian[0], gaussian[1], self.prec.prior_prec, self.prec.latent_prec)
 
     def _likelihood_codec(self, gaussian: Gaussian) -> cs.Codec:
         return cs.DiscretizedGaussian(gaussian[0], gaussian[1], self.lm.num_levels, self.prec.obs_prec)

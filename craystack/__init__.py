@@ -39,7 +39,9 @@ from .rans import (
     flatten,
     low_water,
     message_equal,
+    SlotKey,
     peek,
+    peek_keyed,
     pop_freqs,
     push_freqs,
     random_message,
@@ -66,7 +68,7 @@ __all__ = [
     "flatten", "unflatten", "message_equal", "reshape_head", "tail_length",
     "low_water", "reset_low_water", "empty_pops",
     # rANS primitives
-    "push_freqs", "peek", "pop_freqs",
+    "push_freqs", "peek", "peek_keyed", "pop_freqs", "SlotKey",
     # codecs
     "Codec", "NonUniform", "Uniform", "Categorical", "quantized_cdf_codec",
     "DiagGaussian_StdBins", "DiagGaussian_GaussianBins", "DiagGaussian_UnifBins",

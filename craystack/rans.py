@@ -38,7 +38,7 @@ so ``32 * len(flatten(m))`` is the size of the message in bits and
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -59,7 +59,9 @@ __all__ = [
     "empty_pops",
     "push_freqs",
     "peek",
+    "peek_keyed",
     "pop_freqs",
+    "SlotKey",
     "check_prec",
 ]
 
@@ -393,12 +395,23 @@ def check_prec(prec, who: str) -> int:
     return prec
 
 
+SlotKey = Callable[[np.ndarray], np.ndarray]
+"""Maps the quotients ``head >> prec`` of all lanes (flat ``uint64``) to one
+offset per lane; see :func:`push_freqs`."""
+
+
 def push_freqs(message: Message, starts: np.ndarray, freqs: np.ndarray,
-               prec: int) -> Message:
+               prec: int, slot_key: Optional[SlotKey] = None) -> Message:
     """Encode intervals ``[start, start + freq)`` out of ``2**prec`` per lane.
 
     ``starts`` and ``freqs`` are ``uint64`` arrays with the head's shape;
     ``freqs`` must be >= 1 and ``starts + freqs <= 2**prec``.
+
+    With ``slot_key`` the ``2**prec`` slots are rotated by ``slot_key(q)``
+    (mod ``2**prec``), where ``q`` is the lane's new ``head >> prec``: any
+    permutation of slots is a valid rANS code with the same state sizes, and
+    this one makes the low bits of the head a keyed scramble of the interval
+    just pushed. Pop such a symbol with the cfs of :func:`peek_keyed`.
     """
     head, tail = message
     starts = np.asarray(starts, dtype=np.uint64)
@@ -425,6 +438,9 @@ def push_freqs(message: Message, starts: np.ndarray, freqs: np.ndarray,
     r = q * freqs
     np.subtract(x, r, out=r)
     r += starts
+    if slot_key is not None:
+        r += np.asarray(slot_key(q), dtype=np.uint64).reshape(-1)
+        r &= _U64((1 << prec) - 1)
     q <<= _U64(prec)
     q += r
     return Message(_readonly(q.reshape(shape)), tail)
@@ -433,6 +449,18 @@ def push_freqs(message: Message, starts: np.ndarray, freqs: np.ndarray,
 def peek(message: Message, prec: int) -> np.ndarray:
     """The cumulative frequency ``head mod 2**prec`` of every lane (uint64)."""
     return np.asarray(message.head & _U64((1 << prec) - 1))
+
+
+def peek_keyed(message: Message, prec: int, slot_key: SlotKey) -> np.ndarray:
+    """The cfs of a message whose top symbol was pushed with ``slot_key``
+    (see :func:`push_freqs`): the peeked slot rotated back. Pass them to
+    :func:`pop_freqs` as usual. Popping from any message this way is a valid
+    pop too (the decoder pushes back with the same key), which is how a
+    sampler draws with bits that are not the quantile of the last push."""
+    head = message.head
+    offsets = np.asarray(slot_key((head >> _U64(prec)).reshape(-1)), dtype=np.uint64).reshape(head.shape)
+    mask = _U64((1 << prec) - 1)
+    return ((head & mask) + (mask + _U64(1) - (offsets & mask))) & mask
 
 
 def pop_freqs(message: Message, cfs: np.ndarray, starts: np.ndarray,

@@ -308,3 +308,49 @@ def test_many_small_pushes_and_long_tails():
         m, out = codec.pop(m)
         np.testing.assert_array_equal(out, s)
     assert cs.message_equal(m, cs.base_message((1,)))
+
+
+def _xor_key(q: np.ndarray) -> np.ndarray:
+    """A cheap, deliberately structured key: the rotation must only be a function of q."""
+    return (q * np.uint64(0x9E3779B1)) ^ (q >> np.uint64(7))
+
+
+@settings(max_examples=40, deadline=None)
+@given(prec=st.integers(1, 31), seed=st.integers(0, 2**31 - 1), steps=st.integers(1, 12))
+def test_keyed_slots_roundtrip_and_keep_state_sizes(prec, seed, steps):
+    """Rotated slots decode exactly, and each keyed push gives a state of the same size as a plain
+    push from the same message: the rotation permutes slots inside one quotient, so only the low
+    prec bits of the head differ."""
+    rng = np.random.default_rng(seed)
+    shape = (7,)
+    start = cs.random_message(4 * 7, shape, seed=seed)
+    keyed, pushed = start, []
+    total = 1 << prec
+    for _ in range(steps):
+        freqs = rng.integers(1, total + 1, shape).astype(np.uint64)
+        starts = (rng.integers(0, total, shape).astype(np.uint64) % (total - freqs + 1)).astype(np.uint64)
+        plain = cs.push_freqs(keyed, starts, freqs, prec)
+        keyed = cs.push_freqs(keyed, starts, freqs, prec, slot_key=_xor_key)
+        pushed.append((starts, freqs))
+        np.testing.assert_array_equal(keyed.head >> np.uint64(prec), plain.head >> np.uint64(prec))
+        assert cs.tail_length(keyed) == cs.tail_length(plain)
+    for starts, freqs in reversed(pushed):
+        cf = cs.peek_keyed(keyed, prec, _xor_key)
+        assert np.all((cf >= starts) & (cf < starts + freqs))
+        keyed = cs.pop_freqs(keyed, cf, starts, freqs, prec)
+    assert cs.message_equal(keyed, start)
+
+
+def test_keyed_peek_scrambles_the_pushed_quantile():
+    """After pushes of the same low interval, plain peeks sit in it; keyed peeks spread out."""
+    prec = 16
+    message = cs.random_message(64 * 4000, (4000,), seed=1)
+    starts = np.zeros(4000, dtype=np.uint64)
+    freqs = np.full(4000, 16, dtype=np.uint64)
+    key = lambda q: (q * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)  # noqa: E731
+    keyed = cs.push_freqs(message, starts, freqs, prec, slot_key=key)
+    plain = cs.push_freqs(message, starts, freqs, prec)
+    assert cs.peek(plain, prec).max() < 16
+    assert np.all(cs.peek_keyed(keyed, prec, key) < 16)
+    spread = np.histogram(cs.peek(keyed, prec), bins=8, range=(0, 1 << prec))[0] / 4000
+    assert np.abs(spread - 1 / 8).max() < 0.03, spread
