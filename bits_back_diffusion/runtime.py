@@ -58,10 +58,16 @@ def hydra_output_subdir() -> str:
 
 
 def register_resolvers() -> None:
-    """Resolvers the YAML files use; call before `@hydra.main` runs."""
-    for name, fn in (("run_stamp", run_stamp), ("hydra_subdir", hydra_output_subdir)):
+    """Resolvers the YAML files use; call before `@hydra.main` runs.
+
+    `run_stamp` is cached in the config (like Hydra's `${now:}`), so a config pickled by a launcher
+    carries its value: a SLURM job started (or requeued) later by the submitit launcher gets the
+    launcher's sweep dir, not a new timestamp -- otherwise a requeued run would start over from
+    step 0 in a fresh folder. `hydra_subdir` depends on the process's rank and must not be cached.
+    """
+    for name, fn, cache in (("run_stamp", run_stamp, True), ("hydra_subdir", hydra_output_subdir, False)):
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+            OmegaConf.register_new_resolver(name, fn, use_cache=cache)
 
 
 def set_determinism(deterministic: bool = True) -> None:
