@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bits_back_diffusion.codec import Precisions, build_codec, initial_message
+from bits_back_diffusion.codec import build_codec, codec_class, initial_message
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from bits_back_diffusion.runtime import set_determinism
 from improved_diffusion.script_util import create_gaussian_diffusion, create_model
@@ -61,7 +61,7 @@ def main() -> None:
     diffusion = create_gaussian_diffusion(steps=4000, learn_sigma=True, noise_schedule="cosine", use_kl=True,
                                           rescale_timesteps=True, timestep_respacing=str(args.steps))
     lm = TimedLatentModel(model, diffusion, torch.device(args.device))
-    codec = build_codec(args.codec, lm, Precisions())
+    codec = build_codec(args.codec, lm, codec_class(args.codec).default_precisions)
     shape = (args.batch, flags.get("in_channels", 3), flags["image_size"], flags["image_size"])
     x = np.random.default_rng(0).integers(0, 256, shape)
     msg = initial_message(codec, shape, seed=0)

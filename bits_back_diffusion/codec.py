@@ -81,6 +81,7 @@ class BitsBackCodec:
     """BB-ANS over all steps of a diffusion model (`codec=bbans`)."""
 
     name = "bbans"
+    default_precisions = Precisions()
 
     def __init__(self, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False):
         self.lm = latent_model
