@@ -149,13 +149,11 @@ def check_rank_set(parts: List[Tuple[str, object]], source: str) -> None:
 
 
 def _expected_initial(header):
-    """The message the encoder started from (codec.initial_message: random head, then tail)."""
-    import craystack as cs
+    """The message the encoder started from (codec.initial_message_for)."""
+    from bits_back_diffusion.codec import initial_message_for
 
     init = header.initial_message
-    lanes = int(np.prod(header.head_shape))
-    flat = len(cs.flatten(cs.base_message(header.head_shape))) + init["words_per_lane"] * lanes
-    return cs.random_message(flat, header.head_shape, seed=init["seed"])
+    return initial_message_for(tuple(header.head_shape), int(init["words_per_lane"]), int(init["seed"]))
 
 
 def decode_message(codec, header, message, source: str, log=print) -> np.ndarray:

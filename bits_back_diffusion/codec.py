@@ -42,8 +42,10 @@ class Precisions:
 
 
 def message_bits(message: cs.Message) -> float:
-    """Information held by a message: 32 bits per tail word plus log2 of every head lane."""
-    return 32.0 * cs.tail_length(message) + float(np.log2(message.head.astype(np.float64)).sum())
+    """Information held by a message: 32 bits per tail word plus log2 of every head lane, less 32
+    bits per word borrowed from craystack's generator (a debt: the decoder gives them back)."""
+    words = cs.tail_length(message) - cs.empty_pops(message)
+    return 32.0 * words + float(np.log2(message.head.astype(np.float64)).sum())
 
 
 @dataclass
@@ -62,12 +64,32 @@ class StepTrace:
         }
 
 
+BARE_HEAD = 1 << 40
+
+
 def initial_message(codec, head_shape: Tuple[int, ...], seed: int) -> cs.Message:
-    """Random bits for the first batch to borrow: `codec.initial_words_per_lane()` tail words per
-    lane on top of a random head, reproducible from the seed."""
+    """The message the first batch starts from (see `initial_message_for`)."""
+    return initial_message_for(head_shape, codec.initial_words_per_lane(), seed)
+
+
+def initial_message_for(head_shape: Tuple[int, ...], words_per_lane: int, seed: int) -> cs.Message:
+    """Random bits for the first batch to pop: a random head plus `words_per_lane` tail words per
+    lane, reproducible from the seed; with 0 words, a bare message (every head BARE_HEAD = 2**40,
+    no tail), whose pops borrow craystack's generator words, which a file does not store. Not
+    the floor 2**32: the first pop from a head whose quotient is only 2**4 would take up to
+    log2(1 + 2**-4) bits less than its symbol's information; at 2**40 that is 3.5e-4 bits, and
+    the 8 bits above the floor are popped as the first random bits (Bit-Swap's first step takes
+    more).
+
+    A file holds the final message, so every random bit the encoder started from is in it; a
+    codec whose deficit is small (Bit-Swap) starts bare and pays only for the bits it borrowed."""
+    if words_per_lane == 0:
+        bare = cs.base_message(head_shape)
+        head = np.full(bare.head.shape, BARE_HEAD, dtype=np.uint64)
+        head.flags.writeable = False
+        return cs.Message(head, bare.tail)
     header = len(cs.flatten(cs.base_message(head_shape)))  # head words plus bookkeeping
-    tail = codec.initial_words_per_lane() * int(np.prod(head_shape))
-    return cs.random_message(header + tail, head_shape, seed=seed)
+    return cs.random_message(header + int(words_per_lane) * int(np.prod(head_shape)), head_shape, seed=seed)
 
 
 def on_lanes(codec: cs.Codec, batch: int, full_batch: int) -> cs.Codec:
