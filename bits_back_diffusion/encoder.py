@@ -4,11 +4,13 @@ One message per rank. Images are pushed batch after batch; decoding pops them in
 (the message is a stack) and compares every batch with the input. Rates are in bits/dim:
 
     rate_total      all bits of the final message, the initial random bits included
-    rate_effective  bits added to the message: final − initial
+    rate_effective  bits added to the message: final − initial (craystack generator words borrowed
+                    count as a debt of 32 bits each)
     rate_used       rate_effective plus the initial bits the first batch actually consumed
 
-`initial_bytes_per_lane` is that consumption per ANS lane (bytes), the figure that tells how many
-initial bits a codec really needs (BB-ANS: about steps x latent_prec bits; Bit-Swap: about one step).
+`initial_bytes_per_lane` is that consumption per ANS lane (bytes): initial tail words used plus
+generator words borrowed, the figure that tells how many initial bits a codec really needs (BB-ANS:
+about steps x latent_prec bits; Bit-Swap, which starts from a bare message: about one step).
 
 Bits are counted as message information (32 per tail word plus log2 of each 64-bit head lane);
 rate_total counts whole stored words.

@@ -20,6 +20,7 @@ mpi4py is imported only under mpiexec, so single-process use never initialises M
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import re
@@ -132,6 +133,18 @@ def _init_group(backend: str, init_method: str, rank: int, world_size: int) -> N
     dist.init_process_group(
         backend=backend, init_method=init_method, rank=rank, world_size=world_size, timeout=_TIMEOUT
     )
+    if not _state.get("exit_hook"):
+        # A group left to the interpreter's teardown can abort the process ("terminate called
+        # without an active exception", seen once with gloo), which a scheduler reports as failed.
+        atexit.register(_cleanup_at_exit)
+        _state["exit_hook"] = True
+
+
+def _cleanup_at_exit() -> None:
+    try:
+        cleanup_dist()
+    except Exception:  # the process is ending anyway; never mask its real exit status
+        pass
 
 
 def setup_dist(backend: Optional[str] = None) -> None:
