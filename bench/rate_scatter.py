@@ -22,18 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rates  # noqa: E402  (bench/rates.py: loading the demo model, encoding like encode.py)
 import torch  # noqa: E402
 
-from bits_back_diffusion.vlb import batch_vlb  # noqa: E402
 from improved_diffusion.script_util import create_gaussian_diffusion  # noqa: E402
-
-
-def vlb_with_seed(bench: rates.Bench, diffusion, seed: int) -> float:
-    """Mean total VLB (bits/dim) of all images with the per-image noise of `seed`."""
-    totals = []
-    for start in range(0, len(bench.images), bench.batch):
-        levels = bench.images[start:start + bench.batch]
-        x = torch.from_numpy(levels * (2.0 / (bench.num_levels - 1)) - 1.0).float()
-        totals.append(batch_vlb(diffusion, bench.model, x, list(range(start, start + len(x))), seed=seed)["total_bpd"])
-    return float(np.concatenate(totals).mean())
 
 
 def mean_sem(values: List[float]) -> tuple:
@@ -63,7 +52,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"  order {order + 1}: rate_eff {result['rate_eff']:.4f}", file=sys.stderr, flush=True)
     vlbs = []
     for seed in range(args.seeds):
-        vlbs.append(vlb_with_seed(bench, diffusion, seed))
+        vlbs.append(rates.vlb_of(bench, diffusion, bench.images, seed))
         print(f"  noise seed {seed}: VLB {vlbs[-1]:.4f}", file=sys.stderr, flush=True)
     rate, rate_sem = mean_sem(coded)
     vlb, vlb_sem = mean_sem(vlbs)

@@ -88,12 +88,13 @@ def load_run(name: str, path: str) -> Bench:
     return Bench(name, model.eval(), model_cfg, diffusion_cfg, images, ds.num_levels, batch)
 
 
-def vlb_of(bench: Bench, diffusion, images: np.ndarray) -> float:
+def vlb_of(bench: Bench, diffusion, images: np.ndarray, seed: int = 0) -> float:
+    """Mean total VLB (bits/dim) of `images` with the per-image noise of `seed`."""
     totals = []
     for start in range(0, len(images), bench.batch):
         x = torch.from_numpy(images[start:start + bench.batch] * (2.0 / (bench.num_levels - 1)) - 1.0).float()
         ids = list(range(start, start + len(x)))
-        totals.append(batch_vlb(diffusion, bench.model, x, ids, seed=0)["total_bpd"])
+        totals.append(batch_vlb(diffusion, bench.model, x, ids, seed=seed)["total_bpd"])
     return float(np.concatenate(totals).mean())
 
 
@@ -105,8 +106,8 @@ def run_codec(name: str, bench: Bench, diffusion, images: np.ndarray, check: boo
                 track=cls is BitSwapCodec)
     shape = (batch,) + images.shape[1:]
     lanes = int(np.prod(shape))
-    words = len(cs.flatten(initial_message(codec, shape, 0))) / lanes  # head + tail words per lane
     start = initial_message(codec, shape, seed=0)
+    words = len(cs.flatten(start)) / lanes  # head + tail words per lane
     message, used_words, peak = start, 0, float("nan")
     t0 = time.time()
     for k in range(0, len(images), batch):

@@ -276,29 +276,13 @@ def sampled_latent_codec(mean: np.ndarray, std: np.ndarray, bin_prec: int, codin
     coarse_cdf, coarse_guess, shape = _std_bins_cdf(mean, std, coarse_bits)
     coarse = _unfloored_codec(coarse_cdf, coarse_guess, 1 << coarse_bits, shape, coding_prec,
                               None if salt is None else slot_key(2 * salt))
-    mask = (1 << fine_bits) - 1
 
     def fine(c: np.ndarray) -> cs.Codec:
         cdf, guess, _ = _sub_bins_cdf(mean, std, c, bin_prec, fine_bits)
         return _unfloored_codec(cdf, guess, 1 << fine_bits, shape, coding_prec,
                                 None if salt is None else slot_key(2 * salt + 1))
 
-    def push(message: cs.Message, idx: np.ndarray):
-        idx = np.asarray(idx, dtype=np.int64)
-        if fine_bits:
-            c = idx >> fine_bits
-            message, = fine(np.clip(c, 0, (1 << coarse_bits) - 1)).push(message, idx & mask)
-            idx = c
-        return coarse.push(message, idx)
-
-    def pop(message: cs.Message):
-        message, c = coarse.pop(message)
-        if not fine_bits:
-            return message, c
-        message, f = fine(c).pop(message)
-        return message, (c << fine_bits) | f
-
-    return cs.Codec(push, pop)
+    return _two_level(coarse, fine, coarse_bits, fine_bits)
 
 
 def model_latent_codec(mean: np.ndarray, std: np.ndarray, bin_prec: int, coding_prec: int,
@@ -312,10 +296,18 @@ def model_latent_codec(mean: np.ndarray, std: np.ndarray, bin_prec: int, coding_
     fine_bits = max(0, bin_prec - coarse_prec)
     coarse_bits = bin_prec - fine_bits
     coarse = cs.DiagGaussian_StdBins(mean, std, coding_prec, coarse_bits)
-    mask = (1 << fine_bits) - 1
 
     def fine(c: np.ndarray) -> cs.Codec:
         return _sub_bin_codec(mean, std, c, bin_prec, fine_bits, coding_prec)
+
+    return _two_level(coarse, fine, coarse_bits, fine_bits)
+
+
+def _two_level(coarse: cs.Codec, fine: Callable[[np.ndarray], cs.Codec], coarse_bits: int,
+               fine_bits: int) -> cs.Codec:
+    """A bin index as its top coarse_bits (by `coarse`) and then, given those, its low fine_bits
+    (by `fine(coarse index)`); pushed fine first so that pops read the coarse bin first."""
+    mask = (1 << fine_bits) - 1
 
     def push(message: cs.Message, idx: np.ndarray):
         if fine_bits:

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 import craystack as cs
+from improved_diffusion.atomic_io import atomic_write
 
 PHASES = ("encode", "decode")
 
@@ -55,21 +56,16 @@ class CodecState:
     arrays: Dict[str, np.ndarray] = field(default_factory=dict)
 
     def save(self, path: str) -> None:
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(
-                f,
-                message=cs.flatten(self.message),
-                head_shape=np.asarray(self.message.head.shape, dtype=np.int64),
-                info=np.frombuffer(json.dumps({
-                    "phase": self.phase, "batches_done": self.batches_done, "samples_done": self.samples_done,
-                    "meta": self.meta, "stats": self.stats,
-                }).encode(), dtype=np.uint8),
-                **{f"array_{k}": v for k, v in self.arrays.items()},
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: np.savez(
+            f,
+            message=cs.flatten(self.message),
+            head_shape=np.asarray(self.message.head.shape, dtype=np.int64),
+            info=np.frombuffer(json.dumps({
+                "phase": self.phase, "batches_done": self.batches_done, "samples_done": self.samples_done,
+                "meta": self.meta, "stats": self.stats,
+            }).encode(), dtype=np.uint8),
+            **{f"array_{k}": v for k, v in self.arrays.items()},
+        ))
 
     @classmethod
     def load(cls, path: str) -> "CodecState":

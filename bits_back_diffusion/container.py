@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 import craystack as cs
+from improved_diffusion.atomic_io import atomic_write
 
 __all__ = ["BBDFormatError", "BBDHeader", "FORMAT_VERSION", "MAGIC", "check_model_sha256", "read_bbd", "write_bbd"]
 
@@ -185,17 +186,7 @@ def write_bbd(path: str, header: BBDHeader, message: cs.Message) -> int:
         _MIDDLE.pack(zlib.crc32(meta), len(payload) // 4, zlib.crc32(payload)),
         payload,
     ))
-    path = os.fspath(path)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(os.fspath(path), lambda f: f.write(blob))
     return len(blob)
 
 

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim import AdamW
 
 from . import dist_util, logger
+from .atomic_io import atomic_write
 from .fp16_util import make_master_params, master_params_to_model_params, model_grads_to_master_grads, zero_grad
 from .resample import LossAwareSampler, ScheduleSampler, UniformSampler
 
@@ -85,17 +86,7 @@ def find_resume_checkpoint(directory: Optional[str]) -> Optional[int]:
 
 def atomic_save(obj: Any, path: str) -> None:
     """torch.save to a temporary file in the same folder, then rename over `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _remove_stale_tmp_files(directory: str) -> None:
