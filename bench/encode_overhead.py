@@ -52,6 +52,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4, help="respaced steps to time")
     parser.add_argument("--codec", default="bbans")
+    parser.add_argument("--lane-images", type=int, default=0,
+                        help="images' worth of ANS lanes (bitswap; default 1 as in config/codec/bitswap.yaml; "
+                             "bbans always uses the whole batch)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
@@ -64,7 +67,8 @@ def main() -> None:
     codec = build_codec(args.codec, lm, codec_class(args.codec).default_precisions)
     shape = (args.batch, flags.get("in_channels", 3), flags["image_size"], flags["image_size"])
     x = np.random.default_rng(0).integers(0, 256, shape)
-    msg = initial_message(codec, shape, seed=0)
+    head = min(args.lane_images or 1, args.batch) if getattr(codec, "shares_lanes", False) else args.batch
+    msg = initial_message(codec, (head,) + shape[1:], seed=0)
     with torch.no_grad():
         lm.reverse(lm.latent_to_model(np.zeros(shape)), 0)  # warm-up (allocations, kernels)
     lm.model_seconds = 0.0
@@ -83,7 +87,8 @@ def main() -> None:
         "encode": (encode_model, encode_total - encode_model),
         "decode": (decode_model, decode_total - decode_model),
     }
-    print(f"{args.codec} | model={args.model} batch={args.batch} device={args.device} steps={args.steps}")
+    print(f"{args.codec} | model={args.model} batch={args.batch} lanes for {head} image(s) device={args.device} "
+          f"steps={args.steps}")
     print("| phase | model s/step | codec s/step | codec / model |")
     print("|---|---|---|---|")
     for phase, (m, c) in rows.items():

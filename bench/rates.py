@@ -3,7 +3,8 @@
 For each model and respacing: the VLB of the first n validation images, and for each codec the
 net (effective) rate, the total rate (all words of the final message, initial bits included,
 as a file holds them), the initial message size and how much of it the first batch used; then
-the total rate projected to the 10,000-image CIFAR-10 test set coded at batch 16, and the sizes
+the total rate projected to the 10,000-image CIFAR-10 test set coded at batch 16 (encode.py's
+layout: Bit-Swap on one image's lanes with growing batches, BB-ANS on a whole batch's), and the sizes
 of the same images under classical lossless codecs.
 
     python bench/rates.py                                   # demo digits model + fixture model
@@ -31,6 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 import torch  # noqa: E402
 
 import craystack as cs  # noqa: E402
+from bits_back_diffusion.batch_schedule import GROWTH_MARGIN, BatchSchedule, words_used  # noqa: E402
 from bits_back_diffusion.bitswap import BITSWAP_PRECISIONS, BitSwapCodec, peak_deficit_bits  # noqa: E402
 from bits_back_diffusion.classical import classical_rates  # noqa: E402
 from bits_back_diffusion.codec import BitsBackCodec, Precisions, initial_message, message_bits  # noqa: E402
@@ -99,32 +101,39 @@ def vlb_of(bench: Bench, diffusion, images: np.ndarray, seed: int = 0) -> float:
 
 
 def run_codec(name: str, bench: Bench, diffusion, images: np.ndarray, check: bool) -> Dict[str, float]:
-    """Encode like encode.py: one random initial message, batches of `bench.batch` images."""
+    """Encode like encode.py with its default layout: one initial message; bbans on lanes for a
+    whole batch of `bench.batch` images, bitswap on one image's lanes with batches that grow."""
     cls, precisions = CODECS[name]
-    batch = min(bench.batch, len(images))
     codec = cls(DiffusionLatentModel(bench.model, diffusion, torch.device("cpu")), precisions,
                 track=cls is BitSwapCodec)
-    shape = (batch,) + images.shape[1:]
+    head = head_images(name, bench.batch)
+    shape = (min(head, len(images)),) + images.shape[1:]
     lanes = int(np.prod(shape))
     start = initial_message(codec, shape, seed=0)
     words = len(cs.flatten(start)) / lanes  # head + tail words per lane
-    message, used_words, peak = start, 0, float("nan")
+    schedule = BatchSchedule(bench.batch, grow=codec.shares_lanes)
+    message, used_words, peak, done = start, 0, float("nan"), 0
     t0 = time.time()
-    for k in range(0, len(images), batch):
-        message = codec.encode(message, images[k:k + batch])
-        if k == 0:
-            used_words = cs.tail_length(start) - cs.low_water(message) + cs.empty_pops(message)
+    while done < len(images):
+        size = schedule.next_size(len(images) - done, message)
+        before = cs.reset_low_water(message)
+        message = codec.encode(before, images[done:done + size])
+        schedule.record(size, words_used(before, message))
+        if done == 0:
+            used_words = schedule.words_per_image * size
             if codec.trace is not None:
                 trace = codec.trace.as_arrays()
                 peak = peak_deficit_bits(trace["pop_bits"][0], trace["push_bits"][0], codec.trace.data_bits[0])
-                peak /= len(images[:batch]) * int(np.prod(images.shape[1:]))
+                peak /= size * int(np.prod(images.shape[1:]))
+        done += size
     seconds = time.time() - t0
     if check:
         decoded = message
-        for k in reversed(range(0, len(images), batch)):
-            decoded, x = codec.decode(decoded, len(images[k:k + batch]))
-            if not np.array_equal(x, images[k:k + batch]):
-                raise SystemExit(f"{bench.name} {name}: batch at image {k} did not decode exactly")
+        ends = np.cumsum([0] + schedule.sizes)
+        for k in reversed(range(len(schedule.sizes))):
+            decoded, x = codec.decode(decoded, schedule.sizes[k])
+            if not np.array_equal(x, images[ends[k]:ends[k + 1]]):
+                raise SystemExit(f"{bench.name} {name}: batch {k} did not decode exactly")
         if not cs.message_equal(decoded, start):
             raise SystemExit(f"{bench.name} {name}: decoding did not restore the initial message")
     dims = images.size
@@ -137,15 +146,43 @@ def run_codec(name: str, bench: Bench, diffusion, images: np.ndarray, check: boo
         "used_bytes": 4.0 * used_words / lanes,
         "peak_bytes": peak / 8.0,
         "overhead_bytes": (file_bits - net_bits) / 8.0 / lanes,
+        "borrowed_later": 4.0 * (cs.empty_pops(message) - cs.empty_pops(start)) / lanes - 4.0 * used_words / lanes
+        if codec.shares_lanes else 0.0,
+        "batches": len(schedule.sizes),
+        "deficit_words": schedule.words_per_image / int(np.prod(images.shape[1:])),  # per lane per image
         "seconds": seconds,
     }
 
 
-def projected_total(rate_eff: float, overhead_bytes: float) -> float:
+def head_images(codec: str, batch: int) -> int:
+    """Images' worth of lanes encode.py gives each codec at this batch size (codec.lane_images)."""
+    return 1 if CODECS[codec][0].shares_lanes else batch
+
+
+def projected_total(codec: str, rate_eff: float, overhead_bytes: float) -> float:
     """rate_total for the CIFAR-10 test set at batch 16: what a file holds beyond the net
-    information (overhead_bytes per lane, one lane per dimension of a batch: the initial message
-    and the final heads' slack) is paid once, spread over all images."""
-    return rate_eff + 8.0 * overhead_bytes * CIFAR_BATCH / CIFAR_IMAGES
+    information (overhead_bytes per lane, one lane per dimension of the message head: the initial
+    bits used and the final heads' slack) is paid once, spread over all images. The head holds
+    16 images' lanes for bbans, one image's for bitswap (whose growing batches borrow nothing
+    after the first image)."""
+    return rate_eff + 8.0 * overhead_bytes * head_images(codec, CIFAR_BATCH) / CIFAR_IMAGES
+
+
+def projected_batches(codec: str, rate_eff: float, deficit_words: float) -> int:
+    """Batches encode.py would need for the CIFAR-10 test set at batch 16 (625 at fixed size).
+    Growing batches (bitswap) take b images once the tail holds b x GROWTH_MARGIN x the deficit per
+    image; the tail starts with the first image's deficit and gains rate_eff bits per dimension
+    per image coded (a model of `BatchSchedule`, with this run's deficit and rate)."""
+    if not CODECS[codec][0].shares_lanes:
+        return -(-CIFAR_IMAGES // CIFAR_BATCH)
+    need = max(deficit_words, 1.0 / 3072) * GROWTH_MARGIN
+    done, batches = 0, 0
+    while done < CIFAR_IMAGES:
+        tail = deficit_words + done * max(rate_eff, 0.0) / 32.0  # words per lane
+        size = 1 if done == 0 else max(1, min(CIFAR_BATCH, CIFAR_IMAGES - done, int(tail // need)))
+        done += size
+        batches += 1
+    return batches
 
 
 def parse_counts(text: str, available: int) -> List[int]:
@@ -208,14 +245,17 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 
 def print_tables(rows, classic, notes) -> None:
-    print("| model | steps | images | VLB | codec | rate_eff | eff/VLB | rate_total | start B/lane | used B/lane "
-          "| peak B/lane | file overhead B/lane | CIFAR-10 10k@16 rate_total |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | steps | images | VLB | codec | batches | rate_eff | eff/VLB | rate_total | start B/lane "
+          "| used B/lane | peak B/lane | borrowed later B/lane | file overhead B/lane | CIFAR-10 10k@16 rate_total "
+          "| projected − rate_eff | CIFAR-10 batches |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, steps, n, vlb, codec, r in rows:
         peak = "" if np.isnan(r["peak_bytes"]) else f"{r['peak_bytes']:.1f}"
-        print(f"| {name} | {steps} | {n} | {vlb:.4f} | {codec} | {r['rate_eff']:.4f} | {r['rate_eff'] / vlb:.4f} | "
-              f"{r['rate_total']:.3f} | {4 * r['init_words']:.0f} | {r['used_bytes']:.1f} | {peak} | "
-              f"{r['overhead_bytes']:.1f} | {projected_total(r['rate_eff'], r['overhead_bytes']):.3f} |")
+        projected = projected_total(codec, r["rate_eff"], r["overhead_bytes"])
+        print(f"| {name} | {steps} | {n} | {vlb:.4f} | {codec} | {r['batches']} | {r['rate_eff']:.4f} | "
+              f"{r['rate_eff'] / vlb:.4f} | {r['rate_total']:.3f} | {4 * r['init_words']:.0f} | {r['used_bytes']:.1f} | "
+              f"{peak} | {r['borrowed_later']:.2f} | {r['overhead_bytes']:.1f} | {projected:.3f} | "
+              f"{projected - r['rate_eff']:.4f} | {projected_batches(codec, r['rate_eff'], r['deficit_words'])} |")
     print("\n| model | images | PNG | WebP | JPEG-XL | PNG mosaic | WebP mosaic | JPEG-XL mosaic |")
     print("|---|---|---|---|---|---|---|---|")
     for name, n, rates in classic:
@@ -227,9 +267,14 @@ def print_tables(rows, classic, notes) -> None:
         "tail for bbans; a bare head for bitswap, whose pops borrow generator words a file does not store); used "
         "B/lane: initial tail bytes the first batch consumed plus generator bytes it borrowed; peak B/lane: the "
         "most the Bit-Swap encoder was behind; file overhead B/lane: file bits minus net information, per lane "
-        "(the initial bits used, the final heads' slack). The projection spreads that overhead over the "
-        f"{CIFAR_IMAGES} CIFAR-10 test images coded at batch {CIFAR_BATCH} (one lane per dimension of a batch): "
-        f"rate_eff + 8 x overhead x {CIFAR_BATCH} / {CIFAR_IMAGES}. Classical codecs store each image as its own "
+        "(the initial bits used, the final heads' slack); borrowed later: generator bytes per lane borrowed "
+        "after the first batch (growing batches should keep this at 0). Lanes: one per dimension of the "
+        "message head, which holds a whole batch for bbans and one image for bitswap (batches of 1, then "
+        "growing as the message fills). The projection spreads the overhead over the "
+        f"{CIFAR_IMAGES} CIFAR-10 test images coded at batch {CIFAR_BATCH}: rate_eff + 8 x overhead x "
+        f"(images per head: {CIFAR_BATCH} for bbans, 1 for bitswap) / {CIFAR_IMAGES}; CIFAR-10 batches: how "
+        "many batches (model calls per step) that takes, modelled from this run's rate and deficit per image "
+        f"({-(-CIFAR_IMAGES // CIFAR_BATCH)} at a fixed batch). Classical codecs store each image as its own "
         "file (per image) or all images as one picture (mosaic); K < 256 levels are stored as raw 8-bit values "
         "(bits_back_diffusion.classical)."
     )

@@ -17,6 +17,12 @@ The message is never short of more than about one pop beyond what was already pu
 borrowed (initial) bits stay near one step's worth whatever N is; the expected net cost is
 still the negative ELBO. Both directions call the model once per step (`reverse(z_t, t)`).
 
+Lanes. The message head may hold fewer images' lanes than a batch has images (encode.py: one,
+`codec.lane_images`); the batch is then coded in groups that take the lanes in turn within each
+step (`lane_groups`), still with one model call per step for the whole batch. A file pays per
+lane for the heads and for the first image's borrowed bits, so one image's lanes cost 1/16 of a
+batch of 16's; with batches that grow from one image (`batch_schedule`) nothing else is borrowed.
+
 Discretization. z_t is coded by q(z_t | z_{t-1}) (known to the encoder only) and by
 p(z_t | z_{t+1}) (known to the decoder only), so its bins may depend on neither: every latent
 uses the same 2**bin_prec bins of equal mass under N(0, 1), and a latent's value is its bin
@@ -55,7 +61,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 from scipy.special import ndtr, ndtri
@@ -72,6 +78,7 @@ __all__ = [
     "BitSwapCodec",
     "bins_per_sigma",
     "check_bin_precision",
+    "lane_groups",
     "model_latent_codec",
     "sampled_latent_codec",
     "peak_deficit_bits",
@@ -384,6 +391,7 @@ class BitSwapCodec:
 
     name = "bitswap"
     default_precisions = BITSWAP_PRECISIONS
+    shares_lanes = True  # any batch fits any head: groups of head images coded in turn (`lane_groups`)
 
     def __init__(self, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False,
                  keyed_slots: bool = True):
@@ -437,10 +445,10 @@ class BitSwapCodec:
     def _check_batch(self, message: cs.Message, x_levels: np.ndarray) -> np.ndarray:
         x_levels = np.asarray(x_levels)
         head = message.head.shape
-        if x_levels.ndim != 4 or x_levels.shape[1:] != head[1:] or not 1 <= x_levels.shape[0] <= head[0]:
+        if x_levels.ndim != 4 or x_levels.shape[1:] != head[1:] or x_levels.shape[0] < 1:
             raise ValueError(
                 f"batch of shape {x_levels.shape} does not fit a message head of shape {head}: expected "
-                f"(b, {', '.join(map(str, head[1:]))}) with 1 <= b <= {head[0]}"
+                f"(b, {', '.join(map(str, head[1:]))}) with b >= 1"
             )
         if x_levels.dtype.kind not in "iu":
             raise ValueError(f"images must be integer levels, got dtype {x_levels.dtype}")
@@ -453,15 +461,16 @@ class BitSwapCodec:
         return x_levels.astype(np.int64)
 
     def encode(self, message: cs.Message, x_levels: np.ndarray) -> cs.Message:
-        """Push a batch of images (integer levels, shape (b, C, H, W)) onto the message."""
+        """Push a batch of images (integer levels, shape (b, C, H, W)) onto the message. A message
+        whose head holds K < b images' lanes takes the batch in groups of K, one after another
+        within each step (see `lane_groups`)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", cs.EmptyTailWarning)  # borrowing is by design here
             return self._encode(message, x_levels)
 
     def _encode(self, message: cs.Message, x_levels: np.ndarray) -> cs.Message:
         x_levels = self._check_batch(message, x_levels)
-        b, full = x_levels.shape[0], message.head.shape[0]
-        lanes = lambda codec: on_lanes(codec, b, full)  # noqa: E731
+        groups = lane_groups(x_levels.shape[0], message.head.shape[0])
         tracking = self.trace is not None
         n = self.lm.num_steps
         pop_bits, push_bits = np.zeros(n), np.zeros(n)
@@ -470,14 +479,18 @@ class BitSwapCodec:
         idx_prev = None
         for t in range(n):
             before = message_bits(message) if tracking else 0.0
-            message, idx = lanes(self._forward_codec(z_prev, t)).pop(message)
+            idx = np.empty(x_levels.shape, dtype=np.int64)
+            for sl, lanes in groups:
+                message, idx[sl] = lanes(self._forward_codec(z_prev[sl], t)).pop(message)
             z = self._value(idx)
             reverse = self.lm.reverse(self.lm.latent_to_model(z), t)  # p(z_{t-1} | z_t), or p(x | z_0)
             middle = message_bits(message) if tracking else 0.0
-            if t == 0:
-                message, = lanes(self._likelihood_codec(reverse)).push(message, x_levels)
-            else:
-                message, = lanes(self._reverse_codec(reverse)).push(message, idx_prev)
+            for sl, lanes in groups:
+                part = _rows(reverse, sl, x_levels.shape)
+                if t == 0:
+                    message, = lanes(self._likelihood_codec(part)).push(message, x_levels[sl])
+                else:
+                    message, = lanes(self._reverse_codec(part)).push(message, idx_prev[sl])
             if tracking:
                 pop_bits[t] = before - middle
                 if t == 0:
@@ -486,7 +499,8 @@ class BitSwapCodec:
                     push_bits[t - 1] = message_bits(message) - middle
             z_prev, idx_prev = z, idx
         before = message_bits(message) if tracking else 0.0
-        message, = lanes(self._top).push(message, idx_prev)
+        for sl, lanes in groups:
+            message, = lanes(self._top).push(message, idx_prev[sl])
         if tracking:
             push_bits[n - 1] = message_bits(message) - before
             self.trace.pop_bits.append(pop_bits)  # index t: bits taken popping z_t
@@ -502,20 +516,48 @@ class BitSwapCodec:
             return self._decode(message, batch)
 
     def _decode(self, message: cs.Message, batch: int) -> Tuple[cs.Message, np.ndarray]:
-        full = message.head.shape[0]
-        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= full:
-            raise ValueError(f"cannot decode a batch of {batch!r} images from a message with {full} image lanes")
-        lanes = lambda codec: on_lanes(codec, int(batch), full)  # noqa: E731
-        message, idx = lanes(self._top).pop(message)
-        x_levels = None
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+            raise ValueError(f"cannot decode a batch of {batch!r} images; need a positive int")
+        shape = (int(batch),) + tuple(message.head.shape[1:])
+        groups = lane_groups(int(batch), message.head.shape[0])[::-1]  # the encoder's order, reversed
+        idx = np.empty(shape, dtype=np.int64)
+        for sl, lanes in groups:
+            message, idx[sl] = lanes(self._top).pop(message)
+        x_levels = np.empty(shape, dtype=np.int64)
         for t in reversed(range(self.lm.num_steps)):
             reverse = self.lm.reverse(self.lm.latent_to_model(self._value(idx)), t)
-            if t == 0:
-                message, x_levels = lanes(self._likelihood_codec(reverse)).pop(message)
-                z_prev, idx_prev = self._data_value(x_levels), None
-            else:
-                message, idx_prev = lanes(self._reverse_codec(reverse)).pop(message)
-                z_prev = self._value(idx_prev)
-            message, = lanes(self._forward_codec(z_prev, t)).push(message, idx)
+            idx_prev = None if t == 0 else np.empty(shape, dtype=np.int64)
+            for sl, lanes in groups:
+                part = _rows(reverse, sl, shape)
+                if t == 0:
+                    message, x_levels[sl] = lanes(self._likelihood_codec(part)).pop(message)
+                else:
+                    message, idx_prev[sl] = lanes(self._reverse_codec(part)).pop(message)
+            z_prev = self._data_value(x_levels) if t == 0 else self._value(idx_prev)
+            for sl, lanes in groups:
+                message, = lanes(self._forward_codec(z_prev[sl], t)).push(message, idx[sl])
             idx = idx_prev
-        return message, np.asarray(x_levels, dtype=np.int64)
+        return message, x_levels
+
+
+def lane_groups(batch: int, head_images: int) -> List[Tuple[slice, Callable[[cs.Codec], cs.Codec]]]:
+    """How a batch of `batch` images is laid on a message with lanes for `head_images` images:
+    consecutive groups of head_images images (the last may be smaller), each coded on the first
+    lanes of the whole head, in order within every step.
+
+    Why share lanes: everything a file holds besides the information (the heads' 64 bits, the
+    bits the first image borrows) is paid per lane, so a head of one image's lanes costs 1/16 of a
+    head of 16 images' lanes; the images of a batch still share each model evaluation."""
+    if head_images < 1:
+        raise ValueError(f"a message head must hold at least one image's lanes, got {head_images}")
+    out = []
+    for start in range(0, batch, head_images):
+        size = min(head_images, batch - start)
+        out.append((slice(start, start + size),
+                    lambda codec, size=size: on_lanes(codec, size, head_images)))
+    return out
+
+
+def _rows(gaussian: Gaussian, sl: slice, shape: Tuple[int, ...]) -> Gaussian:
+    """The images `sl` of a batch's (mean, std), either of which may be broadcast."""
+    return tuple(np.broadcast_to(np.asarray(a), shape)[sl] for a in gaussian)

@@ -104,6 +104,7 @@ class BitsBackCodec:
 
     name = "bbans"
     default_precisions = Precisions()
+    shares_lanes = False  # one image per lane group: a batch needs a head of batch_size images' lanes
 
     def __init__(self, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False):
         self.lm = latent_model

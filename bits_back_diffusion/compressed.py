@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import craystack as cs
 
+from .batch_schedule import run_lengths
 from .codec import Precisions
 from .container import BBDHeader, write_bbd
 from .data import ImageSet
@@ -52,6 +53,7 @@ def encode_header(loaded: LoadedModel, codec_name: str, precisions: Precisions, 
         model_flags=dict(loaded.model_cfg), diffusion_flags=dict(loaded.diffusion_cfg),
         clip_denoised=bool(clip_denoised), likelihood_std_min=float(likelihood_std_min),
         tiling=tiling.to_dict() if tiling is not None else None, initial_message=dict(initial_message),
+        batches=run_lengths(plan.batch_sizes),
         extra={"checkpoint": loaded.checkpoint, "rank": plan.rank, "world_size": plan.world_size, **(extra or {})},
     )
 

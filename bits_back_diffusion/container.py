@@ -9,7 +9,7 @@ Layout (little-endian)::
 
     offset  size  field
     0       8     magic  b"\\x89BBD\\r\\n\\x1a\\n"  (catches text-mode transfers, like PNG's)
-    8       2     format version (uint16), currently 1
+    8       2     format version (uint16), currently 2 (1: no `batches`, lanes for a whole batch)
     10      2     reserved, 0
     12      4     header length L (uint32)
     16      L     header: UTF-8 JSON object, sorted keys (the fields of BBDHeader)
@@ -39,7 +39,8 @@ from improved_diffusion.atomic_io import atomic_write
 __all__ = ["BBDFormatError", "BBDHeader", "FORMAT_VERSION", "MAGIC", "check_model_sha256", "read_bbd", "write_bbd"]
 
 MAGIC = b"\x89BBD\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 2 added `batches` (variable batch sizes) and smaller heads
 _PREFIX = struct.Struct("<8sHHI")  # magic, version, reserved, header length
 _MIDDLE = struct.Struct("<IQI")  # header crc, payload words, payload crc
 _MAX_HEADER = 64 << 20
@@ -59,7 +60,9 @@ class BBDHeader:
     images. `model_flags` / `diffusion_flags` are the `create_model` / `create_gaussian_diffusion`
     arguments (respacing included), so the file plus the checkpoint suffice. `initial_message`
     ({"words_per_lane", "seed"}: tail words per lane and seed of `codec.initial_message`) lets
-    the decoder check that it ended exactly at the encoder's start.
+    the decoder check that it ended exactly at the encoder's start. `batches` lists the batch
+    sizes in coding order as [size, count] runs (None: full batches of `batch_size`, then the
+    rest); `head_shape` is (images' worth of lanes, *data_shape), at most batch_size images.
     """
 
     codec: str
@@ -79,6 +82,7 @@ class BBDHeader:
     likelihood_std_min: float = 1e-6
     tiling: Optional[Dict[str, Any]] = None
     initial_message: Optional[Dict[str, int]] = None
+    batches: Optional[List[List[int]]] = None
     extra: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -87,7 +91,9 @@ class BBDHeader:
         self.validate()
 
     def batch_sizes(self) -> List[int]:
-        """Images per batch in encoding order: full batches, then the remainder."""
+        """Images per batch in encoding order."""
+        if self.batches is not None:
+            return [int(size) for size, count in self.batches for _ in range(int(count))]
         full, rest = divmod(self.num_images, self.batch_size)
         return [self.batch_size] * full + ([rest] if rest else [])
 
@@ -110,8 +116,20 @@ class BBDHeader:
         need(_is_int(self.num_images) and self.num_images >= 0, f"num_images must be an int >= 0, got {self.num_images!r}")
         need(len(self.data_shape) == 3 and min(self.data_shape) >= 1,
              f"data_shape must be (C, H, W) with positive sizes, got {self.data_shape}")
-        need(self.head_shape == (self.batch_size,) + self.data_shape,
-             f"head_shape {self.head_shape} must be (batch_size,) + data_shape = {(self.batch_size,) + self.data_shape}")
+        need(len(self.head_shape) == 4 and self.head_shape[1:] == self.data_shape
+             and 1 <= self.head_shape[0] <= self.batch_size,
+             f"head_shape {self.head_shape} must be (k,) + data_shape {self.data_shape} with 1 <= k <= batch_size "
+             f"({self.batch_size})")
+        if self.batches is not None:
+            runs = self.batches
+            need(isinstance(runs, list) and all(
+                isinstance(r, (list, tuple)) and len(r) == 2 and all(_is_int(v) and v >= 1 for v in r) for r in runs),
+                f"batches must be a list of [size, count] pairs of positive ints, got {runs!r}"[:300])
+            need(all(size <= self.batch_size for size, _ in runs),
+                 f"batches has a batch larger than batch_size ({self.batch_size})")
+            need(sum(size * count for size, count in runs) == self.num_images,
+                 f"batches add up to {sum(size * count for size, count in runs)} images, not num_images "
+                 f"({self.num_images})")
         need(isinstance(self.model_sha256, str) and bool(_SHA_RE.match(self.model_sha256)),
              f"model_sha256 must be 64 lowercase hex digits, got {self.model_sha256!r}")
         for name in ("model_flags", "diffusion_flags", "extra"):
@@ -213,9 +231,10 @@ def read_bbd(path: str, expected_model_sha256: Optional[str] = None) -> Tuple[BB
     if len(blob) < _PREFIX.size:
         raise truncated(_PREFIX.size)
     _, version, _, meta_len = _PREFIX.unpack_from(blob)
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise fail(
-            f"format version {version} is unknown to this reader (it reads version {FORMAT_VERSION}); "
+            f"format version {version} is unknown to this reader (it reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}); "
             "decode it with the bits-back-diffusion version that wrote it"
         )
     if meta_len > _MAX_HEADER:

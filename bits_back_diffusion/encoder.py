@@ -1,7 +1,10 @@
 """Compressing a whole (sharded) dataset into one message, resumably, and proving it decodes.
 
 One message per rank. Images are pushed batch after batch; decoding pops them in reverse order
-(the message is a stack) and compares every batch with the input. Rates are in bits/dim:
+(the message is a stack) and compares every batch with the input. Batch sizes come from a
+`BatchSchedule`: fixed for BB-ANS; for Bit-Swap they start at one image and grow as the message
+fills, on a message head of `lane_images` images (see `batch_schedule` and `bitswap.lane_groups`).
+The sizes are saved in every checkpoint and in the .bbd header. Rates are in bits/dim:
 
     rate_total      all bits of the final message, the initial random bits included
     rate_effective  bits added to the message: final − initial (craystack generator words borrowed
@@ -10,7 +13,8 @@ One message per rank. Images are pushed batch after batch; decoding pops them in
 
 `initial_bytes_per_lane` is that consumption per ANS lane (bytes): initial tail words used plus
 generator words borrowed, the figure that tells how many initial bits a codec really needs (BB-ANS:
-about steps x latent_prec bits; Bit-Swap, which starts from a bare message: about one step).
+about steps x latent_prec bits; Bit-Swap, which starts from a bare message: about one step of one
+image, since its first batch holds one image).
 
 Bits are counted as message information (32 per tail word plus log2 of each 64-bit head lane);
 rate_total counts whole stored words.
@@ -30,7 +34,8 @@ from improved_diffusion import dist_util, logger
 
 from .codec import initial_message, message_bits
 from .codec_checkpoints import CodecState, checkpoint_name, newest_state
-from .data import ImageSet, eval_batches, eval_indices
+from .batch_schedule import BatchSchedule, run_lengths, words_used
+from .data import ImageSet, eval_indices
 
 INITIAL_SEED_OFFSET = 7919
 
@@ -41,7 +46,9 @@ class RoundtripError(RuntimeError):
 
 @dataclass
 class EncodePlan:
-    """Which images this rank codes, in which batches, and the settings the message depends on."""
+    """Which images this rank codes, on how many images' lanes, and the settings the message
+    depends on. `batch_sizes` is known up front for a fixed schedule; a growing one (Bit-Swap)
+    fills it in as the encoder chooses (see `batch_schedule`)."""
 
     batch_size: int
     num_samples: int
@@ -49,27 +56,37 @@ class EncodePlan:
     world_size: int
     image_shape: tuple
     meta: Dict[str, Any]
+    ids: np.ndarray
+    head_images: int
+    grow: bool = False
     batch_sizes: List[int] = field(default_factory=list)
 
     @classmethod
     def build(cls, dataset: ImageSet, batch_size: int, num_samples: int, rank: int, world_size: int,
-              meta: Dict[str, Any]) -> "EncodePlan":
+              meta: Dict[str, Any], head_images: Optional[int] = None, grow: bool = False) -> "EncodePlan":
         ids = eval_indices(dataset, num_samples, rank, world_size)
-        sizes = [min(batch_size, len(ids) - s) for s in range(0, len(ids), batch_size)]
+        batch_size = int(batch_size)
+        head = batch_size if head_images is None else int(head_images)
+        if not 1 <= head <= batch_size:
+            raise ValueError(f"lane_images must lie in [1, batch size {batch_size}], got {head}")
+        sizes = [] if grow else [min(batch_size, len(ids) - s) for s in range(0, len(ids), batch_size)]
         shape = (dataset.channels, dataset.image_size, dataset.image_size)
-        return cls(batch_size, num_samples, rank, world_size, shape, meta, sizes)
+        return cls(batch_size, num_samples, rank, world_size, shape, meta, np.asarray(ids), head, bool(grow), sizes)
 
     @property
     def head_shape(self) -> tuple:
-        return (self.batch_size,) + self.image_shape
+        return (self.head_images,) + self.image_shape
 
     @property
     def samples(self) -> int:
-        return sum(self.batch_sizes)
+        return len(self.ids)
 
     def dims(self, batches: Optional[int] = None) -> int:
         count = sum(self.batch_sizes[: len(self.batch_sizes) if batches is None else batches])
         return count * int(np.prod(self.image_shape))
+
+    def schedule(self) -> BatchSchedule:
+        return BatchSchedule(self.batch_size, self.grow)
 
 
 def validate_batch(x: np.ndarray, shape: tuple, num_levels: int, batch_index: int) -> np.ndarray:
@@ -135,31 +152,42 @@ class DatasetCoder:
                 "initial_bits": message_bits(msg0), "initial_bytes": 4 * len(cs.flatten(msg0)),
                 "initial_tail_words": cs.tail_length(msg0),
                 "consumed_bits": None, "encode_seconds": 0.0, "model_evals": 0, "vlb_sum": 0.0, "vlb_count": 0,
+                "schedule": self.plan.schedule().to_dict(),
             })
-        if state.batches_done == len(self.plan.batch_sizes):
+        schedule = BatchSchedule.from_dict(state.stats["schedule"])
+        self.plan.batch_sizes = list(schedule.sizes)
+        if state.samples_done == self.plan.samples:
             return state
         stats, message = state.stats, state.message
         bar = self._bar(self.plan.samples, state.samples_done, "encode")
         self._start_clock()
         traces = {k: list(v) for k, v in state.arrays.items()}
-        for batch in eval_batches(self.dataset, self.plan.batch_size, self.plan.num_samples, self.plan.rank,
-                                  self.plan.world_size, start_batch=state.batches_done):
-            x = validate_batch(batch.x, self.plan.image_shape, self.dataset.num_levels, batch.index)
-            if batch.index == 0:
-                message = cs.reset_low_water(message)
-            message = self.codec.encode(message, x)
-            if batch.index == 0:
-                consumed_words = stats["initial_tail_words"] - cs.low_water(message) + cs.empty_pops(message)
-                stats["consumed_bits"] = 32.0 * consumed_words
+        pending: List[tuple] = []  # coded images whose VLB waits for a full batch of them
+        while state.samples_done < self.plan.samples:
+            index, done = state.batches_done, state.samples_done
+            size = schedule.next_size(self.plan.samples - done, message)
+            batch_ids = self.plan.ids[done:done + size]
+            x = validate_batch(self.dataset.get_batch(batch_ids), self.plan.image_shape, self.dataset.num_levels, index)
+            start = cs.reset_low_water(message)
+            message = self.codec.encode(start, x)
+            used = words_used(start, message)
+            schedule.record(size, used)
+            if index == 0:
+                stats["consumed_bits"] = 32.0 * used
+            final = done + size == self.plan.samples
+            saving = self._save_due(done + size, size, final)
             if self.vlb_fn is not None:
-                totals = self.vlb_fn(x, batch.ids)
-                stats["vlb_sum"] += float(np.sum(totals))
-                stats["vlb_count"] += len(totals)
+                pending.append((x, batch_ids))
+                if saving or sum(len(ids) for _, ids in pending) >= self.plan.batch_size:
+                    self._add_vlb(stats, pending)
             self._collect_trace(traces)
-            state = CodecState("encode", batch.index + 1, state.samples_done + len(x), message, self.plan.meta, stats)
-            bar.update(len(x))
-            bar.set_postfix(rate=f"{self._rate_effective(state):.4f}")
-            self._maybe_save(state, traces, final=batch.index + 1 == len(self.plan.batch_sizes))
+            stats["schedule"] = schedule.to_dict()
+            self.plan.batch_sizes = list(schedule.sizes)
+            state = CodecState("encode", index + 1, done + size, message, self.plan.meta, stats)
+            bar.update(size)
+            bar.set_postfix(rate=f"{self._rate_effective(state):.4f}", batch=size)
+            if saving:
+                self._save(state, traces)
         bar.close()
         return state
 
@@ -177,11 +205,26 @@ class DatasetCoder:
     def _start_clock(self) -> None:
         self._clock = (time.time(), self.codec.lm.model_evals)
 
-    def _maybe_save(self, state: CodecState, traces, final: bool) -> None:
-        """Save when this batch crossed a multiple of save_interval samples, and at the end."""
-        previous = state.samples_done - self.plan.batch_sizes[-state.batches_done if state.phase == "decode" else state.batches_done - 1]
-        if not (final or state.samples_done // self.save_interval > previous // self.save_interval):
-            return
+    def _add_vlb(self, stats: Dict[str, Any], pending: List[tuple]) -> None:
+        """Evaluate the VLB of the images coded since the last call, as one batch: growing schedules
+        code one image at a time at first, and the VLB's noise depends on image ids only."""
+        x = np.concatenate([xs for xs, _ in pending])
+        ids = np.concatenate([np.asarray(i) for _, i in pending])
+        totals = self.vlb_fn(x, ids)
+        stats["vlb_sum"] += float(np.sum(totals))
+        stats["vlb_count"] += len(totals)
+        pending.clear()
+
+    def _save_due(self, samples_done: int, batch: int, final: bool) -> bool:
+        """Save when a batch (of `batch` images) crossed a multiple of save_interval samples, and at
+        the end."""
+        return final or samples_done // self.save_interval > (samples_done - batch) // self.save_interval
+
+    def _maybe_save(self, state: CodecState, traces, batch: int, final: bool) -> None:
+        if self._save_due(state.samples_done, batch, final):
+            self._save(state, traces)
+
+    def _save(self, state: CodecState, traces) -> None:
         started, evals0 = self._clock
         key = f"{state.phase}_seconds"
         state.stats[key] = state.stats.get(key, 0.0) + time.time() - started
@@ -193,21 +236,23 @@ class DatasetCoder:
     # --- decode ----------------------------------------------------------------------------------
     def decode(self, encoded: CodecState) -> CodecState:
         """Pop every batch (last first), compare with the input, and check the initial bits came back."""
+        sizes = BatchSchedule.from_dict(encoded.stats["schedule"]).sizes
+        self.plan.batch_sizes = list(sizes)
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         state = self._resume("decode")
-        total_batches = len(self.plan.batch_sizes)
+        total_batches = len(sizes)
         if state is None:
             state = CodecState("decode", 0, 0, encoded.message, self.plan.meta,
                                {"decode_seconds": 0.0, "model_evals": 0})
         message = state.message
         bar = self._bar(self.plan.samples, state.samples_done, "decode")
         self._start_clock()
-        ids = eval_indices(self.dataset, self.plan.num_samples, self.plan.rank, self.plan.world_size)
         for done in range(state.batches_done, total_batches):
             index = total_batches - 1 - done
-            size = self.plan.batch_sizes[index]
+            size = sizes[index]
             message, decoded = self.codec.decode(message, size)
-            batch_ids = ids[index * self.plan.batch_size: index * self.plan.batch_size + size]
-            original = np.stack([self.dataset[int(i)] for i in batch_ids]).astype(np.int64)
+            batch_ids = self.plan.ids[starts[index]:starts[index] + size]
+            original = self.dataset.get_batch(batch_ids).astype(np.int64)
             if not np.array_equal(decoded, original):
                 bad = [int(batch_ids[j]) for j in range(size) if not np.array_equal(decoded[j], original[j])]
                 raise RoundtripError(
@@ -217,7 +262,7 @@ class DatasetCoder:
                 )
             state = CodecState("decode", done + 1, state.samples_done + size, message, self.plan.meta, state.stats)
             bar.update(size)
-            self._maybe_save(state, {}, final=done + 1 == total_batches)
+            self._maybe_save(state, {}, size, final=done + 1 == total_batches)
         bar.close()
         restored = cs.message_equal(message, self.initial_message())
         state.stats["message_restored"] = bool(restored)
@@ -260,6 +305,7 @@ def rank_stats(plan: EncodePlan, encoded: CodecState, decoded: Optional[CodecSta
         "dims": plan.dims(),
         "samples": plan.samples,
         "lanes": int(np.prod(plan.head_shape)),
+        "batches": run_lengths(plan.batch_sizes),
         "final_bits": message_bits(encoded.message),
         "final_bytes": 4 * len(cs.flatten(encoded.message)),
         "initial_bits": stats["initial_bits"],

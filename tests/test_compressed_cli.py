@@ -58,9 +58,13 @@ def test_encode_then_decode_restores_the_images(model_dir, tmp_path, codec):
     assert results["compressed_files"] == [str(bbd)] and results["decode_input"] == str(bbd)
     assert results["compressed_bytes"] == bbd.stat().st_size
     assert results["rate_file"] == pytest.approx(8 * bbd.stat().st_size / (5 * 64))
-    assert 0 < results["initial_bytes_per_lane"] <= results["initial_bytes"] / (2 * 64)
-
     header, _ = read_bbd(str(bbd), expected_model_sha256=results["model_sha256"])
+    lanes = int(np.prod(header.head_shape))
+    assert 0 < results["initial_bytes_per_lane"] <= results["initial_bytes"] / lanes
+    # bitswap: one image's lanes, batches growing from 1; bbans: lanes for a whole batch of 2
+    assert header.head_shape == ((1 if codec == "bitswap" else 2), 1, 8, 8)
+    assert sum(header.batch_sizes()) == 5 and header.batch_sizes()[0] == (1 if codec == "bitswap" else 2)
+    assert header.batches == results["batch_schedule"][0]
     prior, latent, obs = {"bitswap": (20, 28, 24), "bbans": (10, 18, 24)}[codec]
     assert header.codec == codec
     assert header.precisions == {"prior_prec": prior, "latent_prec": latent, "obs_prec": obs}

@@ -117,6 +117,33 @@ def test_inconsistent_headers_are_refused():
         header(precisions={"prior_prec": 20})
     with pytest.raises(ValueError, match="timestep_respacing"):
         header(diffusion_flags={"timestep_respacing": "vlb200", "steps": 4000})
+    with pytest.raises(ValueError, match="add up to 4 images, not num_images"):
+        header(batches=[[1, 2], [2, 1]])
+    with pytest.raises(ValueError, match="larger than batch_size"):
+        header(batches=[[1, 2], [3, 1]])
+    with pytest.raises(ValueError, match=r"\[size, count\] pairs"):
+        header(batches=[[1, 0], [5, 1]])
+
+
+def test_variable_batches_on_one_image_of_lanes(tmp_path):
+    """Version 2: a head smaller than the batch, and batch sizes as [size, count] runs."""
+    grown = header(head_shape=(1, 3, 4, 4), batches=[[1, 3], [2, 1]])
+    assert grown.batch_sizes() == [1, 1, 1, 2]
+    message = cs.random_message(5 * 48, (1, 3, 4, 4), seed=2)
+    write_bbd(str(tmp_path / "g.bbd"), grown, message)
+    got, back = read_bbd(str(tmp_path / "g.bbd"))
+    assert got == grown and cs.message_equal(back, message)
+
+
+def test_version_1_files_still_read(written):
+    """Version 1 (before variable batches) has the same layout and no `batches`: full batches."""
+    path, message = written
+    blob = bytearray(path.read_bytes())
+    blob[8:10] = struct.pack("<H", 1)
+    path.write_bytes(bytes(blob))
+    got, back = read_bbd(str(path))
+    assert got.batches is None and got.batch_sizes() == [2, 2, 1]
+    assert cs.message_equal(back, message)
 
 
 # --- decode.py end to end ------------------------------------------------------------------------
@@ -146,22 +173,27 @@ def save_checkpoint(path, seed):
 
 
 def encode_pictures(pictures, model, sha, ckpt, batch_size=3, seed=3):
-    """What encode.py does: tile, code batch by batch with one message, describe it in a header."""
+    """What encode.py does: tile, code batches of growing size on one image's lanes, describe it in
+    a header."""
     parts = [split_image(p, 8) for p in pictures]
     tiles = np.concatenate([t for t, _ in parts]).astype(np.int64)
     tiling = TilingInfo(8, 3, tuple(g for _, g in parts))
     diffusion = create_gaussian_diffusion(**DIFFUSION_FLAGS)
     codec = BitSwapCodec(DiffusionLatentModel(model, diffusion, torch.device("cpu")), BITSWAP_PRECISIONS)
-    shape = (batch_size, 3, 8, 8)
+    shape = (1, 3, 8, 8)
     words = codec.initial_words_per_lane()
     message = initial_message(codec, shape, seed)
-    for start in range(0, len(tiles), batch_size):
-        message = codec.encode(message, tiles[start:start + batch_size])
+    sizes = [1, batch_size, 1]
+    assert sum(sizes) == len(tiles)
+    ends = np.cumsum([0] + sizes)
+    for start, end in zip(ends, ends[1:]):
+        message = codec.encode(message, tiles[start:end])
     return message, BBDHeader(
         codec="bitswap", precisions=dict(BITSWAP_PRECISIONS.__dict__), respacing="6", steps=100, num_steps=6,
         data_shape=(3, 8, 8), num_levels=256, batch_size=batch_size, num_images=len(tiles), head_shape=shape,
         model_sha256=sha, model_flags=MODEL_FLAGS, diffusion_flags=DIFFUSION_FLAGS, tiling=tiling.to_dict(),
-        initial_message={"words_per_lane": words, "seed": seed}, extra={"checkpoint": str(ckpt)},
+        initial_message={"words_per_lane": words, "seed": seed}, batches=[[s, 1] for s in sizes],
+        extra={"checkpoint": str(ckpt)},
     )
 
 

@@ -1,0 +1,75 @@
+"""Growing batches: only the first image borrows initial bits; sizes survive checkpoints and files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import craystack as cs
+from bits_back_diffusion.batch_schedule import BatchSchedule, expand_runs, run_lengths, words_used
+from bits_back_diffusion.bitswap import BITSWAP_PRECISIONS, BitSwapCodec
+from bits_back_diffusion.codec import initial_message
+from bits_back_diffusion.latent_model import DiffusionLatentModel
+from test_bitswap import ConvNet, process
+
+
+def test_fixed_schedule_is_full_batches_then_the_rest():
+    schedule = BatchSchedule(4)
+    message = cs.base_message((1, 2))
+    assert [schedule.next_size(n, message) for n in (10, 4, 3, 0)] == [4, 4, 3, 0]
+
+
+def test_growing_schedule_starts_with_one_image_and_fits_the_tail():
+    schedule = BatchSchedule(8, grow=True)
+    empty = cs.base_message((4,))
+    assert schedule.next_size(100, empty) == 1
+    schedule.record(1, 10)
+    assert schedule.next_size(100, empty) == 1  # nothing in the tail: one image at a time
+    deep = cs.random_message(4 + 100, (4,), seed=0)
+    tail = cs.tail_length(deep)
+    assert schedule.next_size(100, deep) == min(8, int(tail // (10 * 1.25)))
+    assert schedule.next_size(2, deep) == 2
+    schedule.record(4, 80)  # a deficit of 20 words per image now
+    assert schedule.next_size(100, deep) == max(1, int(tail // 25))
+    again = BatchSchedule.from_dict(schedule.to_dict())
+    assert again == schedule
+
+
+@given(st.lists(st.integers(1, 5), max_size=30))
+@settings(max_examples=50, deadline=None)
+def test_run_lengths_roundtrip(sizes):
+    runs = run_lengths(sizes)
+    assert expand_runs(runs) == sizes
+    assert all(a[0] != b[0] for a, b in zip(runs, runs[1:]))
+
+
+def test_growing_batches_borrow_only_for_the_first_image():
+    """Eight noise images (about 8 bits/dim each) on the lanes of one image: the first batch
+    borrows generator words, the others find enough words in the message, and the batch grows."""
+    diffusion = process(1000, "6")
+    codec = BitSwapCodec(DiffusionLatentModel(ConvNet(), diffusion, torch.device("cpu")), BITSWAP_PRECISIONS)
+    x = np.random.default_rng(5).integers(0, 256, (24, 3, 4, 4))
+    start = initial_message(codec, (1, 3, 4, 4), seed=0)
+    schedule = BatchSchedule(4, grow=True)
+    message, done, borrowed = start, 0, []
+    while done < len(x):
+        size = schedule.next_size(len(x) - done, message)
+        before = cs.reset_low_water(message)
+        message = codec.encode(before, x[done:done + size])
+        schedule.record(size, words_used(before, message))
+        borrowed.append(cs.empty_pops(message))
+        done += size
+    assert schedule.sizes[0] == 1 and max(schedule.sizes) == 4 and sum(schedule.sizes) == len(x)
+    assert borrowed[0] > 0 and borrowed[-1] == borrowed[0], (schedule.sizes, borrowed)
+    ends = np.cumsum([0] + schedule.sizes)
+    for k in reversed(range(len(schedule.sizes))):
+        message, back = codec.decode(message, schedule.sizes[k])
+        np.testing.assert_array_equal(back, x[ends[k]:ends[k + 1]])
+    assert cs.message_equal(message, start)
+
+
+def test_batch_size_must_be_positive():
+    with pytest.raises(ValueError, match="batch size must be >= 1"):
+        BatchSchedule(0)
