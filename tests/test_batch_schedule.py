@@ -73,3 +73,23 @@ def test_growing_batches_borrow_only_for_the_first_image():
 def test_batch_size_must_be_positive():
     with pytest.raises(ValueError, match="batch size must be >= 1"):
         BatchSchedule(0)
+
+
+@given(sizes=st.lists(st.integers(1, 5), min_size=1, max_size=4), head=st.integers(1, 3),
+       seed=st.integers(0, 2**16))
+@settings(max_examples=15, deadline=None)
+def test_any_batch_sizes_on_any_head_roundtrip(sizes, head, seed):
+    """Batches of any sizes (larger or smaller than the head, uneven last groups) decode exactly,
+    last first, back to the bare initial message."""
+    codec = BitSwapCodec(DiffusionLatentModel(ConvNet(), process(1000, "3"), torch.device("cpu")),
+                         BITSWAP_PRECISIONS)
+    x = np.random.default_rng(seed).integers(0, 256, (sum(sizes), 3, 2, 3))
+    start = initial_message(codec, (head, 3, 2, 3), seed=seed)
+    ends = np.cumsum([0] + sizes)
+    message = start
+    for a, b in zip(ends, ends[1:]):
+        message = codec.encode(message, x[a:b])
+    for k in reversed(range(len(sizes))):
+        message, back = codec.decode(message, sizes[k])
+        np.testing.assert_array_equal(back, x[ends[k]:ends[k + 1]])
+    assert cs.message_equal(message, start)
