@@ -10,6 +10,7 @@ of the same images under classical lossless codecs.
     python bench/rates.py                                   # demo digits model + fixture model
     python bench/rates.py --models digits --respacings digits=,vlb25 --counts 1,10,all
     python bench/rates.py --models fixture --respacings fixture=vlb100,vlb1000 --counts 1,2
+    python bench/rates.py --models fixture-cifar --counts 16,64 --check     # CIFAR-shaped, batch 16
 
 Rates are bits per dimension. rate_eff counts information (32 bits per tail word plus log2 of
 every head lane), since whole words of a 1-image message are dominated by where the 64-bit
@@ -42,9 +43,10 @@ from improved_diffusion.script_util import create_gaussian_diffusion, create_mod
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 FIXTURE = os.path.join(REPO, os.pardir, "shared", "fixtures")
+SHARED_CIFAR = os.path.join(REPO, os.pardir, "shared", "data", "cifar10_jpeg_test.npz")
 DEMO_RUN = os.path.join(REPO, "outputs", "pretrained", "digits")
 CODECS = {"bbans": (BitsBackCodec, Precisions()), "bitswap": (BitSwapCodec, BITSWAP_PRECISIONS)}
-DEFAULT_RESPACINGS = {"digits": ["", "vlb25"], "fixture": ["vlb100", "vlb1000"]}
+DEFAULT_RESPACINGS = {"digits": ["", "vlb25"], "fixture": ["vlb100", "vlb1000"], "fixture-cifar": ["vlb100"]}
 CIFAR_IMAGES, CIFAR_BATCH = 10_000, 16
 
 
@@ -59,13 +61,21 @@ class Bench:
     batch: int
 
 
-def load_fixture() -> Bench:
-    """The reference tiny CIFAR model with its two images."""
+def load_fixture(cifar_images: int = 0) -> Bench:
+    """The reference tiny CIFAR model with its two images, or (cifar_images > 0) with that many
+    CIFAR-10 test images from ../shared/data at batch 16: CIFAR-shaped lanes, several batches."""
     flags = json.load(open(os.path.join(FIXTURE, "tiny_cifar_vlb.json")))
     model = create_model(**flags["model"])
     model.load_state_dict(torch.load(os.path.join(FIXTURE, "tiny_cifar_vlb.pt"), map_location="cpu"))
-    images = np.load(os.path.join(FIXTURE, "tiny_cifar_vlb.npz"))["x_uint8"].astype(np.int64)
-    return Bench("fixture", model.eval(), flags["model"], dict(flags["diffusion"], num_levels=256), images, 256, 2)
+    diffusion_cfg = dict(flags["diffusion"], num_levels=256)
+    if cifar_images <= 0:
+        images = np.load(os.path.join(FIXTURE, "tiny_cifar_vlb.npz"))["x_uint8"].astype(np.int64)
+        return Bench("fixture", model.eval(), flags["model"], diffusion_cfg, images, 256, 2)
+    if not os.path.isfile(SHARED_CIFAR):
+        raise SystemExit(f"{SHARED_CIFAR} not found: the fixture-cifar model needs ../shared/data beside the repo")
+    with np.load(SHARED_CIFAR) as data:
+        images = data["images"][:cifar_images].transpose(0, 3, 1, 2).astype(np.int64)
+    return Bench("fixture-cifar", model.eval(), flags["model"], diffusion_cfg, images, 256, CIFAR_BATCH)
 
 
 def load_run(name: str, path: str) -> Bench:
@@ -206,7 +216,10 @@ def parse_respacings(items: List[str]) -> Dict[str, List[str]]:
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="digits,fixture",
-                        help="comma list of: digits (outputs/pretrained/digits), fixture, or name=<run dir>")
+                        help="comma list of: digits (outputs/pretrained/digits), fixture, fixture-cifar (the "
+                             "fixture model on --cifar-images CIFAR-10 test images of ../shared/data, batch 16), "
+                             "or name=<run dir>")
+    parser.add_argument("--cifar-images", type=int, default=64, help="images for fixture-cifar")
     parser.add_argument("--respacings", nargs="*", default=[], help="model=resp1,resp2 ('' = all steps)")
     parser.add_argument("--counts", default="1,10,all", help="numbers of validation images ('all' = every one)")
     parser.add_argument("--max-images", type=int, default=0, help="cap on 'all' (0: no cap)")
@@ -221,6 +234,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         if name == "fixture" and not path:
             bench = load_fixture()
             notes.append("fixture: the reference model's own 2 CIFAR images (random weights, not a trained model)")
+        elif name == "fixture-cifar" and not path:
+            bench = load_fixture(args.cifar_images)
+            notes.append("fixture-cifar: the same random-weight model on CIFAR-10 test images decoded from JPEG "
+                         "(../shared/data), batch 16: CIFAR-shaped lanes over several batches, not CIFAR-10 rates")
         else:
             path = path or DEMO_RUN
             if not os.path.isdir(path):
