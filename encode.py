@@ -55,7 +55,7 @@ def _encode(cfg: DictConfig, rt: runtime.Runtime) -> Dict[str, Any]:
     head_images, grow = lane_layout(codec, cfg.codec, batch_size)
     meta = {
         "model_sha256": loaded.sha256, "codec": codec.name, "precisions": vars(precisions), "respacing": respacing,
-        "steps": loaded.diffusion.num_timesteps, "batch_size": int(cfg.data.val.batch_size),
+        "steps": loaded.diffusion.num_timesteps, "batch_size": batch_size,
         "num_samples": int(cfg.evaluator.num_samples), "seed": int(cfg.seed), "world_size": rt.world_size,
         "clip_denoised": bool(cfg.evaluator.clip_denoised), "data": str(cfg.data.name),
         "lane_images": head_images, "grow_batches": grow,
@@ -134,13 +134,10 @@ def _classical(dataset, num_samples: int) -> Dict[str, float]:
 def lane_layout(codec, codec_cfg: DictConfig, batch_size: int) -> Tuple[int, bool]:
     """(images' worth of ANS lanes in the message, whether batches grow): a codec that shares lanes
     (bitswap) takes codec.lane_images and codec.grow_batches; bbans needs one lane per dimension
-    of a full batch."""
+    of a full batch. EncodePlan.build checks the range."""
     if not getattr(codec, "shares_lanes", False):
         return batch_size, False
-    head = int(codec_cfg.get("lane_images") or 1)
-    if not 1 <= head <= batch_size:
-        raise ValueError(f"codec.lane_images={head} must lie in [1, data.val.batch_size={batch_size}]")
-    return head, bool(codec_cfg.get("grow_batches", True))
+    return int(codec_cfg.get("lane_images") or 1), bool(codec_cfg.get("grow_batches", True))
 
 
 def _save_trace(run_dir: str, encoded, timesteps: np.ndarray, dims: int) -> Dict[str, str]:

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 import torch  # noqa: E402
 
 import craystack as cs  # noqa: E402
-from bits_back_diffusion.batch_schedule import GROWTH_MARGIN, BatchSchedule, words_used  # noqa: E402
+from bits_back_diffusion.batch_schedule import GROWTH_MARGIN, BatchSchedule, encode_batch  # noqa: E402
 from bits_back_diffusion.bitswap import BITSWAP_PRECISIONS, BitSwapCodec, peak_deficit_bits  # noqa: E402
 from bits_back_diffusion.classical import classical_rates  # noqa: E402
 from bits_back_diffusion.codec import BitsBackCodec, Precisions, initial_message, message_bits  # noqa: E402
@@ -126,11 +126,9 @@ def run_codec(name: str, bench: Bench, diffusion, images: np.ndarray, check: boo
     t0 = time.time()
     while done < len(images):
         size = schedule.next_size(len(images) - done, message)
-        before = cs.reset_low_water(message)
-        message = codec.encode(before, images[done:done + size])
-        schedule.record(size, words_used(before, message))
+        message, used = encode_batch(codec, message, images[done:done + size], schedule)
         if done == 0:
-            used_words = schedule.words_per_image * size
+            used_words, borrowed_first = used, cs.empty_pops(message)
             if codec.trace is not None:
                 trace = codec.trace.as_arrays()
                 peak = peak_deficit_bits(trace["pop_bits"][0], trace["push_bits"][0], codec.trace.data_bits[0])
@@ -156,8 +154,7 @@ def run_codec(name: str, bench: Bench, diffusion, images: np.ndarray, check: boo
         "used_bytes": 4.0 * used_words / lanes,
         "peak_bytes": peak / 8.0,
         "overhead_bytes": (file_bits - net_bits) / 8.0 / lanes,
-        "borrowed_later": 4.0 * (cs.empty_pops(message) - cs.empty_pops(start)) / lanes - 4.0 * used_words / lanes
-        if codec.shares_lanes else 0.0,
+        "borrowed_later": 4.0 * (cs.empty_pops(message) - borrowed_first) / lanes,
         "batches": len(schedule.sizes),
         "deficit_words": schedule.words_per_image / int(np.prod(images.shape[1:])),  # per lane per image
         "seconds": seconds,

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
 
 import craystack as cs
 
-__all__ = ["BatchSchedule", "GROWTH_MARGIN", "expand_runs", "run_lengths", "words_used"]
+__all__ = ["BatchSchedule", "GROWTH_MARGIN", "encode_batch", "expand_runs", "run_lengths", "words_used"]
 
 GROWTH_MARGIN = 1.25  # words kept in hand per image beyond the last batch's deficit per image
 
@@ -70,6 +72,17 @@ class BatchSchedule:
     def from_dict(cls, data: Dict[str, Any]) -> "BatchSchedule":
         return cls(int(data["max_batch"]), bool(data["grow"]), data.get("words_per_image"),
                    [int(v) for v in data.get("sizes", [])])
+
+
+def encode_batch(codec, message: cs.Message, x_levels: np.ndarray,
+                 schedule: BatchSchedule) -> Tuple[cs.Message, int]:
+    """Push one batch with `codec` and record its size and the words it used in `schedule`;
+    returns (message, words used)."""
+    start = cs.reset_low_water(message)
+    message = codec.encode(start, x_levels)
+    used = words_used(start, message)
+    schedule.record(len(x_levels), used)
+    return message, used
 
 
 def run_lengths(sizes: List[int]) -> List[List[int]]:

@@ -36,6 +36,8 @@ import numpy as np
 import craystack as cs
 from improved_diffusion.atomic_io import atomic_write
 
+from .batch_schedule import expand_runs
+
 __all__ = ["BBDFormatError", "BBDHeader", "FORMAT_VERSION", "MAGIC", "check_model_sha256", "read_bbd", "write_bbd"]
 
 MAGIC = b"\x89BBD\r\n\x1a\n"
@@ -93,7 +95,7 @@ class BBDHeader:
     def batch_sizes(self) -> List[int]:
         """Images per batch in encoding order."""
         if self.batches is not None:
-            return [int(size) for size, count in self.batches for _ in range(int(count))]
+            return expand_runs(self.batches)
         full, rest = divmod(self.num_images, self.batch_size)
         return [self.batch_size] * full + ([rest] if rest else [])
 

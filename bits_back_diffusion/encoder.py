@@ -34,7 +34,7 @@ from improved_diffusion import dist_util, logger
 
 from .codec import initial_message, message_bits
 from .codec_checkpoints import CodecState, checkpoint_name, newest_state
-from .batch_schedule import BatchSchedule, run_lengths, words_used
+from .batch_schedule import BatchSchedule, encode_batch, run_lengths
 from .data import ImageSet, eval_indices
 
 INITIAL_SEED_OFFSET = 7919
@@ -68,7 +68,7 @@ class EncodePlan:
         batch_size = int(batch_size)
         head = batch_size if head_images is None else int(head_images)
         if not 1 <= head <= batch_size:
-            raise ValueError(f"lane_images must lie in [1, batch size {batch_size}], got {head}")
+            raise ValueError(f"codec.lane_images={head} must lie in [1, data.val.batch_size={batch_size}]")
         sizes = [] if grow else [min(batch_size, len(ids) - s) for s in range(0, len(ids), batch_size)]
         shape = (dataset.channels, dataset.image_size, dataset.image_size)
         return cls(batch_size, num_samples, rank, world_size, shape, meta, np.asarray(ids), head, bool(grow), sizes)
@@ -150,7 +150,6 @@ class DatasetCoder:
             msg0 = self.initial_message()
             state = CodecState("encode", 0, 0, msg0, self.plan.meta, {
                 "initial_bits": message_bits(msg0), "initial_bytes": 4 * len(cs.flatten(msg0)),
-                "initial_tail_words": cs.tail_length(msg0),
                 "consumed_bits": None, "encode_seconds": 0.0, "model_evals": 0, "vlb_sum": 0.0, "vlb_count": 0,
                 "schedule": self.plan.schedule().to_dict(),
             })
@@ -168,10 +167,7 @@ class DatasetCoder:
             size = schedule.next_size(self.plan.samples - done, message)
             batch_ids = self.plan.ids[done:done + size]
             x = validate_batch(self.dataset.get_batch(batch_ids), self.plan.image_shape, self.dataset.num_levels, index)
-            start = cs.reset_low_water(message)
-            message = self.codec.encode(start, x)
-            used = words_used(start, message)
-            schedule.record(size, used)
+            message, used = encode_batch(self.codec, message, x, schedule)
             if index == 0:
                 stats["consumed_bits"] = 32.0 * used
             final = done + size == self.plan.samples

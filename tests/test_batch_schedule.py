@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import craystack as cs
-from bits_back_diffusion.batch_schedule import BatchSchedule, expand_runs, run_lengths, words_used
+from bits_back_diffusion.batch_schedule import BatchSchedule, encode_batch, expand_runs, run_lengths
 from bits_back_diffusion.bitswap import BITSWAP_PRECISIONS, BitSwapCodec
 from bits_back_diffusion.codec import initial_message
 from bits_back_diffusion.latent_model import DiffusionLatentModel
@@ -56,9 +56,7 @@ def test_growing_batches_borrow_only_for_the_first_image():
     message, done, borrowed = start, 0, []
     while done < len(x):
         size = schedule.next_size(len(x) - done, message)
-        before = cs.reset_low_water(message)
-        message = codec.encode(before, x[done:done + size])
-        schedule.record(size, words_used(before, message))
+        message, _ = encode_batch(codec, message, x[done:done + size], schedule)
         borrowed.append(cs.empty_pops(message))
         done += size
     assert schedule.sizes[0] == 1 and max(schedule.sizes) == 4 and sum(schedule.sizes) == len(x)
@@ -93,3 +91,16 @@ def test_any_batch_sizes_on_any_head_roundtrip(sizes, head, seed):
         message, back = codec.decode(message, sizes[k])
         np.testing.assert_array_equal(back, x[ends[k]:ends[k + 1]])
     assert cs.message_equal(message, start)
+
+
+def test_plan_refuses_a_head_outside_the_batch_naming_the_settings():
+    from bits_back_diffusion.data.base import ArrayImageSet
+    from bits_back_diffusion.encoder import EncodePlan
+
+    images = ArrayImageSet(np.zeros((5, 1, 2, 2), np.uint8), name="tiny", num_levels=256)
+    plan = EncodePlan.build(images, 4, -1, 0, 1, {}, head_images=1, grow=True)
+    assert plan.head_shape == (1, 1, 2, 2) and plan.samples == 5 and plan.batch_sizes == []
+    assert EncodePlan.build(images, 4, -1, 0, 1, {}).batch_sizes == [4, 1]
+    for head in (0, 5):
+        with pytest.raises(ValueError, match=rf"codec.lane_images={head} must lie in \[1, data.val.batch_size=4\]"):
+            EncodePlan.build(images, 4, -1, 0, 1, {}, head_images=head)
