@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from bits_back_diffusion import runtime
 from bits_back_diffusion.data import build_dataset, eval_batches, num_eval_batches, to_model_input
 from bits_back_diffusion.models import check_data_fits_model, load_model
-from bits_back_diffusion.session import script_session
+from bits_back_diffusion.sample_count import check_num_samples
+from bits_back_diffusion.session import ScriptSession, script_session
 from bits_back_diffusion.report import log_results_to_wandb, plot_curves, write_results
 from bits_back_diffusion.vlb import VLBAccumulator, batch_vlb
 from improved_diffusion import logger
@@ -28,17 +29,22 @@ runtime.register_resolvers()
 
 def run(cfg: DictConfig, run_dir: Optional[str] = None) -> Dict[str, Any]:
     """Evaluate; `run_dir` is for callers outside @hydra.main (tests, notebooks)."""
-    with script_session(cfg, run_dir) as rt:
-        return _evaluate(cfg, rt)
+    with script_session(cfg, run_dir) as session:
+        return _evaluate(cfg, session)
 
 
-def _evaluate(cfg: DictConfig, rt: runtime.Runtime) -> Dict[str, Any]:
-    loaded = load_model(cfg, rt.device)
-    logger.log(f"model {loaded.checkpoint} (sha256 {loaded.sha256[:12]}), {loaded.diffusion.num_timesteps} steps "
-               f"({loaded.diffusion_cfg.get('timestep_respacing') or 'all'}), {rt.world_size} rank(s), run dir {rt.run_dir}")
-    dataset = build_dataset(cfg.data, "val")
-    check_data_fits_model(loaded, dataset.channels, dataset.image_size, dataset.num_levels)
-    batch_size, num_samples = int(cfg.data.val.batch_size), cfg.evaluator.num_samples
+def _evaluate(cfg: DictConfig, session: ScriptSession) -> Dict[str, Any]:
+    rt = session.rt
+    with session.checks():  # a refused run writes nothing into the run dir
+        loaded = load_model(cfg, rt.device)
+        logger.log(f"model {loaded.checkpoint} (sha256 {loaded.sha256[:12]}), {loaded.diffusion.num_timesteps} steps "
+                   f"({loaded.diffusion_cfg.get('timestep_respacing') or 'all'}), {rt.world_size} rank(s), run dir {rt.run_dir}")
+        dataset = build_dataset(cfg.data, "val")
+        check_data_fits_model(loaded, dataset.channels, dataset.image_size, dataset.num_levels)
+        count = check_num_samples(cfg.evaluator.num_samples, len(dataset), rt.world_size)
+        if count.shortfall_warning:
+            logger.log(count.shortfall_warning)
+    batch_size, num_samples = int(cfg.data.val.batch_size), count.requested
     acc = VLBAccumulator()
     started = time.time()
     bar = tqdm(
@@ -62,6 +68,7 @@ def _evaluate(cfg: DictConfig, rt: runtime.Runtime) -> Dict[str, Any]:
         "model_sha256": loaded.sha256,
         "world_size": rt.world_size,
         "seconds": time.time() - started,
+        **count.results(),
     }
     curves = merged.per_step_means()
     timesteps = np.asarray(loaded.diffusion.timestep_map)
@@ -73,6 +80,8 @@ def _evaluate(cfg: DictConfig, rt: runtime.Runtime) -> Dict[str, Any]:
     write_results(rt.run_dir, results)
     logger.log(f"VLB {results['vlb']:.4f} ± {results['vlb_stderr']:.4f} bits/dim over {results['samples']} images "
                f"({results['steps']} steps) -> {rt.run_dir}/results.json")
+    if count.shortfall_warning:
+        logger.log(count.shortfall_warning)
     log_results_to_wandb(results, {"vlb_terms": png})
     return results
 

@@ -14,74 +14,50 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import hydra
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from bits_back_diffusion import runtime
-from bits_back_diffusion.classical import classical_rates
+from bits_back_diffusion.classical import classical_rates, classical_sizes, comparison_line
 from bits_back_diffusion.codec import Precisions, build_codec
+from bits_back_diffusion.codec_checkpoints import device_meta
 from bits_back_diffusion.compressed import encode_header, tiling_of, write_compressed
-from bits_back_diffusion.data import build_dataset, eval_indices, to_model_input
+from bits_back_diffusion.container import DeviceInfo
+from bits_back_diffusion.data import ImageSet, build_dataset, eval_indices, to_model_input
 from bits_back_diffusion.encoder import DatasetCoder, EncodePlan, gather_stats, rank_stats, summarize
 from bits_back_diffusion.latent_model import DiffusionLatentModel
-from bits_back_diffusion.models import check_data_fits_model, load_model
+from bits_back_diffusion.models import LoadedModel, check_data_fits_model, load_model
 from bits_back_diffusion.report import log_results_to_wandb, plot_curves, write_results
 from bits_back_diffusion.vlb import batch_vlb
-from bits_back_diffusion.session import script_session
+from bits_back_diffusion.sample_count import SampleCount, check_num_samples
+from bits_back_diffusion.session import ScriptSession, script_session
 from improved_diffusion import logger
 
 runtime.register_resolvers()
 
 
 def run(cfg: DictConfig, run_dir: Optional[str] = None) -> Dict[str, Any]:
-    with script_session(cfg, run_dir) as rt:
-        return _encode(cfg, rt)
+    with script_session(cfg, run_dir) as session:
+        return _encode(cfg, session)
 
 
-def _encode(cfg: DictConfig, rt: runtime.Runtime) -> Dict[str, Any]:
-    loaded = load_model(cfg, rt.device)
-    dataset = build_dataset(cfg.data, "val")
-    check_data_fits_model(loaded, dataset.channels, dataset.image_size, dataset.num_levels)
-    precisions = Precisions(int(cfg.codec.prior_prec), int(cfg.codec.latent_prec), int(cfg.codec.obs_prec))
-    latent_model = DiffusionLatentModel(loaded.model, loaded.diffusion, rt.device, bool(cfg.evaluator.clip_denoised),
-                                        float(cfg.codec.likelihood_std_min))
-    codec = build_codec(str(cfg.codec.name), latent_model, precisions, track=bool(cfg.codec.track))
+def _encode(cfg: DictConfig, session: ScriptSession) -> Dict[str, Any]:
+    rt = session.rt
+    with session.checks():  # everything that can refuse the run comes before the run dir is written
+        loaded, dataset, codec, precisions, plan, tiling, coder, count = _prepare(cfg, rt)
     respacing = loaded.diffusion_cfg.get("timestep_respacing") or ""
-    batch_size = int(cfg.data.val.batch_size)
-    head_images, grow = lane_layout(codec, cfg.codec, batch_size)
-    meta = {
-        "model_sha256": loaded.sha256, "codec": codec.name, "precisions": vars(precisions), "respacing": respacing,
-        "steps": loaded.diffusion.num_timesteps, "batch_size": batch_size,
-        "num_samples": int(cfg.evaluator.num_samples), "seed": int(cfg.seed), "world_size": rt.world_size,
-        "clip_denoised": bool(cfg.evaluator.clip_denoised), "data": str(cfg.data.name),
-        "lane_images": head_images, "grow_batches": grow,
-    }
-    plan = EncodePlan.build(dataset, batch_size, int(cfg.evaluator.num_samples), rt.rank, rt.world_size, meta,
-                            head_images, grow)
-    tiling = tiling_of(dataset, int(cfg.evaluator.num_samples))  # before coding: refuses cutting a picture
-    layout = (f"batches growing to {batch_size} as the message fills" if grow
-              else f"{len(plan.batch_sizes)} batches of {batch_size}")
-    logger.log(f"{codec.name}: {plan.samples} images on rank {rt.rank}/{rt.world_size} in {layout}, lanes for "
-               f"{head_images} image(s), {loaded.diffusion.num_timesteps} steps ({respacing or 'all'}), model {loaded.checkpoint}")
-
-    def vlb_fn(x_levels: np.ndarray, ids) -> np.ndarray:
-        x = to_model_input(x_levels, dataset.num_levels).to(rt.device)
-        return batch_vlb(loaded.diffusion, loaded.model, x, ids, int(cfg.seed), bool(cfg.evaluator.clip_denoised))["total_bpd"]
-
-    coder = DatasetCoder(codec, dataset, plan, rt.run_dir, int(cfg.save_interval), int(cfg.seed), rt.is_main,
-                         vlb_fn if cfg.evaluator.compute_vlb else None)
+    batch_size, head_images, grow = plan.batch_size, plan.head_images, plan.grow
     encoded = coder.encode()
     decoded = coder.decode(encoded) if cfg.check else None  # raises before a wrong file is written
     header = encode_header(loaded, codec.name, precisions, plan, dataset.num_levels, coder.initial_message_spec(),
                            tiling, bool(cfg.evaluator.clip_denoised), float(cfg.codec.likelihood_std_min),
-                           {"data": str(cfg.data.name), "seed": int(cfg.seed), "device": rt.device.type,
-                            "torch_threads": torch.get_num_threads()})
+                           str(cfg.data.name), DeviceInfo.of(rt.device))
     path, size = write_compressed(rt.run_dir, header, encoded.message)
-    gathered = gather_stats({**rank_stats(plan, encoded, decoded), "file": path, "file_bytes": size})
+    gathered = gather_stats({**rank_stats(plan, encoded, decoded), "file": path, "file_bytes": size},
+                            rt.run_dir, rt.rank, rt.world_size, show_progress=rt.is_main)
     if not rt.is_main:
         return {}
     results = {
@@ -91,26 +67,109 @@ def _encode(cfg: DictConfig, rt: runtime.Runtime) -> Dict[str, Any]:
         "roundtrip_ok": all(s["roundtrip_ok"] for s in gathered) if cfg.check else None,
         "checked": bool(cfg.check), "world_size": rt.world_size, "model_path": loaded.checkpoint,
         "model_sha256": loaded.sha256, "batch_size": batch_size, "lane_images": head_images, "grow_batches": grow,
+        "batch_size_requested": int(cfg.data.val.batch_size), **count.results(),
         "batch_schedule": [s["batches"] for s in gathered],  # per rank: [size, count] runs in coding order
         **_file_results(gathered, rt.run_dir, tiling),
     }
     if cfg.compare_classical:
-        results["classical"] = _classical(dataset, int(cfg.evaluator.num_samples))
+        results["classical_bytes"], results["classical"] = _classical(dataset, int(cfg.evaluator.num_samples))
     images = _save_trace(rt.run_dir, encoded, np.asarray(loaded.diffusion.timestep_map), plan.dims())
     write_results(rt.run_dir, results)
-    vlb = f"{results['vlb']:.4f}" if results["vlb"] is not None else "not computed (evaluator.compute_vlb=true)"
+    vlb = f"{results['vlb']:.4f} bits/dim" if results["vlb"] is not None else "not computed: add evaluator.compute_vlb=true"
     logger.log(
-        f"{results['samples']} images: VLB {vlb} bits/dim | rate_effective {results['rate_effective']:.4f} | "
+        f"{results['samples']} images: VLB {vlb} | rate_effective {results['rate_effective']:.4f} | "
         f"rate_used {results['rate_used']:.4f} | rate_total {results['rate_total']:.4f} bits/dim | "
         f"roundtrip {'OK' if results['roundtrip_ok'] else 'not checked' if results['roundtrip_ok'] is None else 'FAILED'}"
         f" -> {rt.run_dir}/results.json"
     )
+    if count.shortfall_warning:
+        logger.log(count.shortfall_warning)
     logger.log(f"compressed: {results['compressed_bytes']} bytes in {', '.join(results['compressed_files'])}; "
                f"restore with: python decode.py input={results['decode_input']} output_dir=<dir>")
-    for name, rate in results.get("classical", {}).items():
-        logger.log(f"  {name:>18}: {rate:.4f} bits/dim")
+    dims = sum(s["dims"] for s in gathered)  # the last line: what each would store, in bytes
+    logger.log(f"{results['samples']} images, stored: "
+               + comparison_line(results["compressed_bytes"], dims, results.get("classical_bytes", {})))
     log_results_to_wandb(results, images)
     return results
+
+
+class Prepared(NamedTuple):
+    """What `_prepare` checked and built; coding starts from it."""
+    loaded: LoadedModel
+    dataset: ImageSet
+    codec: Any
+    precisions: Precisions
+    plan: EncodePlan
+    tiling: Any
+    coder: DatasetCoder
+    count: SampleCount
+
+
+def _prepare(cfg: DictConfig, rt: runtime.Runtime) -> Prepared:
+    """Model, data, codec, plan and coder, with every check that can refuse the run: settings,
+    num_samples, data vs model, cutting pictures, and the run dir's checkpoints."""
+    save_interval, save_minutes = check_save_settings(cfg)
+    loaded = load_model(cfg, rt.device)
+    dataset = build_dataset(cfg.data, "val")
+    check_data_fits_model(loaded, dataset.channels, dataset.image_size, dataset.num_levels)
+    count = check_num_samples(cfg.evaluator.num_samples, len(dataset), rt.world_size)
+    if count.shortfall_warning:
+        logger.log(count.shortfall_warning)
+    precisions = Precisions(int(cfg.codec.prior_prec), int(cfg.codec.latent_prec), int(cfg.codec.obs_prec))
+    latent_model = DiffusionLatentModel(loaded.model, loaded.diffusion, rt.device, bool(cfg.evaluator.clip_denoised),
+                                        float(cfg.codec.likelihood_std_min))
+    codec = build_codec(str(cfg.codec.name), latent_model, precisions, track=bool(cfg.codec.track),
+                        backend=str(cfg.codec.get("backend", "numba")))
+    respacing = loaded.diffusion_cfg.get("timestep_respacing") or ""
+    per_rank = len(eval_indices(dataset, count.requested, 0, rt.world_size))  # rank 0 has the most
+    batch_size = coding_batch_size(cfg.data.val.batch_size, per_rank, rt.world_size)
+    head_images, grow = lane_layout(codec, cfg.codec, batch_size, int(cfg.data.val.batch_size))
+    meta = {
+        "model_sha256": loaded.sha256, "codec": codec.name, "precisions": vars(precisions), "respacing": respacing,
+        "steps": loaded.diffusion.num_timesteps, "batch_size": batch_size,
+        "num_samples": int(cfg.evaluator.num_samples), "seed": int(cfg.seed), "world_size": rt.world_size,
+        "clip_denoised": bool(cfg.evaluator.clip_denoised), "data": str(cfg.data.name),
+        "lane_images": head_images, "grow_batches": grow, **device_meta(rt.device),
+        "likelihood_std_min": float(cfg.codec.likelihood_std_min),
+    }
+    plan = EncodePlan.build(dataset, batch_size, count.requested, rt.rank, rt.world_size, meta, head_images, grow)
+    tiling = tiling_of(dataset, count.requested)  # before coding: refuses cutting a picture
+    layout = (f"batches growing to {batch_size} as the message fills" if grow
+              else f"{len(plan.batch_sizes)} batches of {batch_size}")
+    logger.log(f"{codec.name}: {plan.samples} images on rank {rt.rank}/{rt.world_size} in {layout}, lanes for "
+               f"{head_images} image(s), {loaded.diffusion.num_timesteps} steps ({respacing or 'all'}), model {loaded.checkpoint}")
+
+    def vlb_fn(x_levels: np.ndarray, ids) -> np.ndarray:
+        x = to_model_input(x_levels, dataset.num_levels).to(rt.device)
+        return batch_vlb(loaded.diffusion, loaded.model, x, ids, int(cfg.seed), bool(cfg.evaluator.clip_denoised))["total_bpd"]
+
+    coder = DatasetCoder(codec, dataset, plan, rt.run_dir, save_interval, int(cfg.seed), rt.is_main,
+                         vlb_fn if cfg.evaluator.compute_vlb else None, save_minutes)
+    coder.check_resume()
+    return Prepared(loaded, dataset, codec, precisions, plan, tiling, coder, count)
+
+
+def check_save_settings(cfg: DictConfig) -> Tuple[int, float]:
+    """(save_interval, save_minutes), refused unless both are positive."""
+    interval, minutes = cfg.get("save_interval"), cfg.get("save_minutes", 10)
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        raise ValueError(f"save_interval={interval!r} must be a positive number of images between codec checkpoints")
+    if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0:
+        raise ValueError(f"save_minutes={minutes!r} must be a positive number of minutes between codec checkpoints")
+    return interval, float(minutes)
+
+
+def coding_batch_size(requested: Any, images_per_rank: int, world_size: int) -> int:
+    """data.val.batch_size, cut to the images a rank codes: BB-ANS keeps ANS lanes for a whole
+    batch in the message, so a batch larger than the data would only store random bits."""
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise ValueError(f"data.val.batch_size={requested!r} must be a positive number of images")
+    if requested <= images_per_rank:
+        return requested
+    where = "per rank" if world_size > 1 else "to code"
+    logger.log(f"WARNING: data.val.batch_size={requested} exceeds the {images_per_rank} image(s) {where}; "
+               f"coding in batches of {images_per_rank} (ANS lanes for at most {images_per_rank} images)")
+    return images_per_rank
 
 
 def _file_results(gathered, run_dir: str, tiling) -> Dict[str, Any]:
@@ -125,19 +184,25 @@ def _file_results(gathered, run_dir: str, tiling) -> Dict[str, Any]:
     return out
 
 
-def _classical(dataset, num_samples: int) -> Dict[str, float]:
-    """PNG / WebP / JPEG-XL lossless on the same images, per image and as one mosaic."""
+def _classical(dataset, num_samples: int) -> Tuple[Dict[str, int], Dict[str, float]]:
+    """PNG / WebP / JPEG-XL lossless on the same images, per image and as one mosaic: (bytes, bits/dim)."""
     ids = eval_indices(dataset, num_samples, 0, 1)
-    return classical_rates(np.stack([dataset[int(i)] for i in ids]))
+    images = np.stack([dataset[int(i)] for i in ids])
+    sizes = classical_sizes(images)
+    return sizes, classical_rates(images, sizes)
 
 
-def lane_layout(codec, codec_cfg: DictConfig, batch_size: int) -> Tuple[int, bool]:
+def lane_layout(codec, codec_cfg: DictConfig, batch_size: int,
+                requested_batch: Optional[int] = None) -> Tuple[int, bool]:
     """(images' worth of ANS lanes in the message, whether batches grow): a codec that shares lanes
     (bitswap) takes codec.lane_images and codec.grow_batches; bbans needs one lane per dimension
     of a full batch. EncodePlan.build checks the range."""
     if not getattr(codec, "shares_lanes", False):
         return batch_size, False
-    return int(codec_cfg.get("lane_images") or 1), bool(codec_cfg.get("grow_batches", True))
+    lanes = int(codec_cfg.get("lane_images") or 1)
+    if requested_batch is not None and batch_size < lanes <= requested_batch:
+        lanes = batch_size  # the batch was cut to the data (coding_batch_size): so are the lanes
+    return lanes, bool(codec_cfg.get("grow_batches", True))
 
 
 def _save_trace(run_dir: str, encoded, timesteps: np.ndarray, dims: int) -> Dict[str, str]:

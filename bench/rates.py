@@ -66,7 +66,7 @@ def load_fixture(cifar_images: int = 0) -> Bench:
     CIFAR-10 test images from ../shared/data at batch 16: CIFAR-shaped lanes, several batches."""
     flags = json.load(open(os.path.join(FIXTURE, "tiny_cifar_vlb.json")))
     model = create_model(**flags["model"])
-    model.load_state_dict(torch.load(os.path.join(FIXTURE, "tiny_cifar_vlb.pt"), map_location="cpu"))
+    model.load_state_dict(torch.load(os.path.join(FIXTURE, "tiny_cifar_vlb.pt"), map_location="cpu", weights_only=True))
     diffusion_cfg = dict(flags["diffusion"], num_levels=256)
     if cifar_images <= 0:
         images = np.load(os.path.join(FIXTURE, "tiny_cifar_vlb.npz"))["x_uint8"].astype(np.int64)
@@ -93,7 +93,7 @@ def load_run(name: str, path: str) -> Bench:
     model_cfg = OmegaConf.to_container(saved.model, resolve=True)
     diffusion_cfg = OmegaConf.to_container(saved.diffusion, resolve=True)
     model = create_model(**model_cfg)
-    model.load_state_dict(strip_module_prefix(torch.load(ckpt, map_location="cpu")))
+    model.load_state_dict(strip_module_prefix(torch.load(ckpt, map_location="cpu", weights_only=True)))
     ds = build_dataset(saved.data, "val")
     images = ds.get_batch(range(len(ds))).astype(np.int64)
     batch = int(saved.data.val.batch_size)

@@ -68,7 +68,9 @@ from scipy.special import ndtr, ndtri
 
 import craystack as cs
 
+from . import compiled_codecs
 from .codec import Precisions, StepTrace, message_bits, on_lanes
+from .compiled_codecs import check_backend
 from .latent_model import DiffusionLatentModel, Gaussian
 
 __all__ = [
@@ -394,7 +396,8 @@ class BitSwapCodec:
     shares_lanes = True  # any batch fits any head: groups of head images coded in turn (`lane_groups`)
 
     def __init__(self, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False,
-                 keyed_slots: bool = True):
+                 keyed_slots: bool = True, backend: str = "numba"):
+        self.backend = check_backend(backend)  # "numba": compiled_codecs; "numpy": the reference below
         if not isinstance(precisions, Precisions):
             raise TypeError(f"precisions must be a codec.Precisions, got {type(precisions).__name__}")
         if precisions.prior_prec > _MAX_BIN_PREC:
@@ -470,6 +473,8 @@ class BitSwapCodec:
 
     def _encode(self, message: cs.Message, x_levels: np.ndarray) -> cs.Message:
         x_levels = self._check_batch(message, x_levels)
+        if self.backend == "numba":
+            return compiled_codecs.bitswap_encode(self, message, x_levels)
         groups = lane_groups(x_levels.shape[0], message.head.shape[0])
         tracking = self.trace is not None
         n = self.lm.num_steps
@@ -518,6 +523,8 @@ class BitSwapCodec:
     def _decode(self, message: cs.Message, batch: int) -> Tuple[cs.Message, np.ndarray]:
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise ValueError(f"cannot decode a batch of {batch!r} images; need a positive int")
+        if self.backend == "numba":
+            return compiled_codecs.bitswap_decode(self, message, int(batch))
         shape = (int(batch),) + tuple(message.head.shape[1:])
         groups = lane_groups(int(batch), message.head.shape[0])[::-1]  # the encoder's order, reversed
         idx = np.empty(shape, dtype=np.int64)

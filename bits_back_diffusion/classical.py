@@ -58,19 +58,41 @@ def mosaic(images_nchw: np.ndarray) -> np.ndarray:
     return canvas
 
 
-def classical_rates(images_nchw: np.ndarray) -> Dict[str, float]:
-    """bits/dim of each classical codec, per image (summed over images) and as one mosaic."""
+def classical_sizes(images_nchw: np.ndarray) -> Dict[str, int]:
+    """Bytes each classical codec stores for the images: per image (summed over the files) and as
+    one mosaic file. Codecs not installed are left out."""
     images = np.asarray(images_nchw)
     if images.min() < 0 or images.max() > 255:
         raise ValueError("classical codecs need levels in [0, 255]")
     images = images.astype(np.uint8)
-    dims = images.size
-    out: Dict[str, float] = {}
+    out: Dict[str, int] = {}
     big = mosaic(images)
     for name, encode in CODECS.items():
         per_image = [encode(img.transpose(1, 2, 0)) for img in images]
         if any(v is None for v in per_image):
             continue
-        out[f"{name}_per_image"] = 8.0 * sum(per_image) / dims
-        out[f"{name}_mosaic"] = 8.0 * encode(big) / dims
+        out[f"{name}_per_image"] = int(sum(per_image))
+        out[f"{name}_mosaic"] = int(encode(big))
     return out
+
+
+def classical_rates(images_nchw: np.ndarray, sizes: Optional[Dict[str, int]] = None) -> Dict[str, float]:
+    """bits/dim of each classical codec, per image (summed over images) and as one mosaic."""
+    dims = np.asarray(images_nchw).size
+    sizes = classical_sizes(images_nchw) if sizes is None else sizes
+    return {name: 8.0 * size / dims for name, size in sizes.items()}
+
+
+_LABELS = {"png": "PNG", "webp": "WebP", "jpegxl": "JPEG-XL"}
+
+
+def comparison_line(file_bytes: int, dims: int, sizes: Dict[str, int]) -> str:
+    """The .bbd file next to the classical files, all in stored bytes (headers included) and
+    bits/dim, so what is compared is what would be kept on disk."""
+    parts = [f"rate_file {8.0 * file_bytes / dims:.4f} bits/dim ({file_bytes:,} B, header included)"]
+    for name, label in _LABELS.items():
+        if f"{name}_mosaic" in sizes:
+            mosaic_bytes, per_image = sizes[f"{name}_mosaic"], sizes[f"{name}_per_image"]
+            parts.append(f"{label} {8.0 * mosaic_bytes / dims:.4f} ({mosaic_bytes:,} B as one mosaic; "
+                         f"{8.0 * per_image / dims:.4f}, {per_image:,} B per image)")
+    return " | ".join(parts)

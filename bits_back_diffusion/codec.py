@@ -106,7 +106,11 @@ class BitsBackCodec:
     default_precisions = Precisions()
     shares_lanes = False  # one image per lane group: a batch needs a head of batch_size images' lanes
 
-    def __init__(self, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False):
+    def __init__(self, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False,
+                 backend: str = "numba"):
+        from .compiled_codecs import check_backend
+
+        self.backend = check_backend(backend)  # "numba": compiled_codecs; "numpy": the reference below
         self.lm = latent_model
         self.prec = precisions
         self.trace: Optional[StepTrace] = StepTrace() if track else None
@@ -138,6 +142,10 @@ class BitsBackCodec:
         b, full = x_levels.shape[0], message.head.shape[0]
         if message.head.shape[1:] != x_levels.shape[1:] or b > full:
             raise ValueError(f"batch of shape {x_levels.shape} does not fit a message head of shape {message.head.shape}")
+        if self.backend == "numba":
+            from .compiled_codecs import bbans_encode
+
+            return bbans_encode(self, message, x_levels)
         lanes = lambda codec: on_lanes(codec, b, full)  # noqa: E731
         x = self.lm.data_to_model(x_levels)
         uniform = lanes(cs.Uniform(self.prec.prior_prec))
@@ -174,6 +182,10 @@ class BitsBackCodec:
         full = message.head.shape[0]
         if batch > full:
             raise ValueError(f"cannot decode {batch} images from a message with {full} image lanes")
+        if self.backend == "numba":
+            from .compiled_codecs import bbans_decode
+
+            return bbans_decode(self, message, int(batch))
         lanes = lambda codec: on_lanes(codec, batch, full)  # noqa: E731
         shape = (batch,) + tuple(message.head.shape[1:])
         uniform = lanes(cs.Uniform(self.prec.prior_prec))
@@ -217,5 +229,8 @@ def codec_class(name: str) -> type:
     return CODECS[name]
 
 
-def build_codec(name: str, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False):
-    return codec_class(name)(latent_model, precisions, track=track)
+def build_codec(name: str, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False,
+                backend: str = "numba"):
+    """The codec `name`; `backend` (codec.backend) picks the compiled path ("numba") or the NumPy
+    reference ("numpy"): the same messages either way."""
+    return codec_class(name)(latent_model, precisions, track=track, backend=backend)

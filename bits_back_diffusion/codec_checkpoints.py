@@ -25,6 +25,20 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used to resume (corrupt, or written by a different setup)."""
 
 
+# Settings of the machine that change the model's last bits, and how to choose them on resume.
+RUNTIME_KEYS = {"device": "device=cpu|cuda on the same kind of GPU",
+                "torch_threads": "OMP_NUM_THREADS / torch.set_num_threads"}
+
+
+def device_meta(device: Any) -> Dict[str, Any]:
+    """The resume check's view of the device: its kind and GPU name, and torch's CPU thread count."""
+    import torch
+
+    kind = str(getattr(device, "type", device))
+    name = torch.cuda.get_device_name(device) if kind == "cuda" and torch.cuda.is_available() else ""
+    return {"device": f"{kind} {name}".strip(), "torch_threads": int(torch.get_num_threads())}
+
+
 def checkpoint_name(phase: str, samples: int, rank: int, world_size: int) -> str:
     suffix = f".rank{rank}" if world_size > 1 else ""
     return f"{phase}-ckpt{samples}{suffix}.npz"
@@ -89,6 +103,17 @@ class CodecState:
         for key, value in expected.items():
             saved = self.meta.get(key)
             if saved != value:
+                if key not in self.meta:
+                    raise CheckpointError(
+                        f"checkpoint {path} does not record {key} (written by an older version), so resuming with "
+                        f"{key}={value!r} might not decode; use a fresh run dir"
+                    )
+                if key in RUNTIME_KEYS:
+                    raise CheckpointError(
+                        f"checkpoint {path} was encoded with {key}={saved!r} but this run has {key}={value!r}; model "
+                        f"outputs, and so the message, depend on it: resume with {key}={saved!r} "
+                        f"({RUNTIME_KEYS[key]}), or use a fresh run dir"
+                    )
                 if key == "model_sha256":
                     raise CheckpointError(
                         f"checkpoint {path} was written with a different model (weights sha256 {str(saved)[:16]}…, "

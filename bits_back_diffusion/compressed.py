@@ -10,13 +10,14 @@ once all tiles are back.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import craystack as cs
 
 from .batch_schedule import run_lengths
+from .bbd_header import name_hints
 from .codec import Precisions
-from .container import BBDHeader, write_bbd
+from .container import BBDHeader, DeviceInfo, DiffusionFlags, ModelFlags, write_bbd
 from .data import ImageSet
 from .data.tiles import TiledImageSet, TilingInfo
 from .encoder import EncodePlan
@@ -41,24 +42,27 @@ def tiling_of(dataset: ImageSet, num_samples: int) -> Optional[TilingInfo]:
 
 def encode_header(loaded: LoadedModel, codec_name: str, precisions: Precisions, plan: EncodePlan, num_levels: int,
                   initial_message: Dict[str, int], tiling: Optional[TilingInfo], clip_denoised: bool,
-                  likelihood_std_min: float, extra: Optional[Dict[str, Any]] = None) -> BBDHeader:
+                  likelihood_std_min: float, data_name: str, device: DeviceInfo) -> BBDHeader:
     """Everything decode.py needs besides the weights: codec, process, shapes, batch layout, where
-    the message started, and the model's SHA-256 (decoding with other weights must be refused)."""
+    the message started, the device, and the model's SHA-256 (decoding with other weights must be
+    refused) with the checkpoint's base name as a hint: no path of this machine goes into the file."""
     respacing = str(loaded.diffusion_cfg.get("timestep_respacing") or "")
+    checkpoint_name, data_hint = name_hints(loaded.checkpoint, data_name)
+    diffusion_flags = DiffusionFlags.from_config({**loaded.diffusion_cfg, "timestep_respacing": respacing})
     return BBDHeader(
         codec=codec_name, precisions=dict(vars(precisions)), respacing=respacing,
         steps=int(loaded.diffusion_cfg["steps"]), num_steps=int(loaded.diffusion.num_timesteps),
         data_shape=plan.image_shape, num_levels=int(num_levels), batch_size=plan.batch_size,
         num_images=plan.samples, head_shape=plan.head_shape, model_sha256=loaded.sha256,
-        model_flags=dict(loaded.model_cfg), diffusion_flags=dict(loaded.diffusion_cfg),
+        model_flags=ModelFlags.from_config(loaded.model_cfg), diffusion_flags=diffusion_flags,
         clip_denoised=bool(clip_denoised), likelihood_std_min=float(likelihood_std_min),
         tiling=tiling.to_dict() if tiling is not None else None, initial_message=dict(initial_message),
-        batches=run_lengths(plan.batch_sizes),
-        extra={"checkpoint": loaded.checkpoint, "rank": plan.rank, "world_size": plan.world_size, **(extra or {})},
+        batches=run_lengths(plan.batch_sizes), checkpoint_name=checkpoint_name, data_name=data_hint,
+        rank=plan.rank, world_size=plan.world_size, device=device,
     )
 
 
 def write_compressed(run_dir: str, header: BBDHeader, message: cs.Message) -> Tuple[str, int]:
     """Write this rank's final message; returns (path, size in bytes)."""
-    path = os.path.join(run_dir, compressed_name(int(header.extra["rank"]), int(header.extra["world_size"])))
+    path = os.path.join(run_dir, compressed_name(header.rank, header.world_size))
     return path, write_bbd(path, header, message)

@@ -30,14 +30,20 @@ import numpy as np
 from tqdm.auto import tqdm
 
 import craystack as cs
-from improved_diffusion import dist_util, logger
+from improved_diffusion import logger
 
 from .codec import initial_message, message_bits
 from .codec_checkpoints import CodecState, checkpoint_name, newest_state
 from .batch_schedule import BatchSchedule, encode_batch, run_lengths
 from .data import ImageSet, eval_indices
+from .rank_results import wait_for_rank_results, write_rank_results
 
 INITIAL_SEED_OFFSET = 7919
+
+
+def _now() -> float:
+    """Monotonic seconds for time-based checkpoints (a seam for tests)."""
+    return time.monotonic()
 
 
 class RoundtripError(RuntimeError):
@@ -102,10 +108,11 @@ def validate_batch(x: np.ndarray, shape: tuple, num_levels: int, batch_index: in
 
 
 class DatasetCoder:
-    """Runs `codec` over this rank's images with checkpoints every `save_interval` samples."""
+    """Runs `codec` over this rank's images with checkpoints every `save_interval` samples or every
+    `save_minutes` minutes, whichever comes first (slow models code few images an hour)."""
 
     def __init__(self, codec, dataset: ImageSet, plan: EncodePlan, run_dir: str, save_interval: int,
-                 seed: int, show_progress: bool = True, vlb_fn=None):
+                 seed: int, show_progress: bool = True, vlb_fn=None, save_minutes: float = 10.0):
         self.codec = codec
         self.dataset = dataset
         self.plan = plan
@@ -114,6 +121,8 @@ class DatasetCoder:
         self.seed = seed
         self.show_progress = show_progress
         self.vlb_fn = vlb_fn
+        self.save_seconds = 60.0 * float(save_minutes)
+        self._last_save = _now()
 
     # --- the initial message ---------------------------------------------------------------
     @property
@@ -131,6 +140,13 @@ class DatasetCoder:
     def _path(self, phase: str, samples: int) -> str:
         return os.path.join(self.run_dir, checkpoint_name(phase, samples, self.plan.rank, self.plan.world_size))
 
+    def check_resume(self) -> None:
+        """Refuse, before anything is written, a run dir whose checkpoints this run cannot continue."""
+        for phase in ("encode", "decode"):
+            found = newest_state(self.run_dir, phase, self.plan.rank, self.plan.world_size)
+            if found is not None:
+                found[1].check_meta(self.plan.meta, found[0])
+
     def _resume(self, phase: str) -> Optional[CodecState]:
         found = newest_state(self.run_dir, phase, self.plan.rank, self.plan.world_size)
         if found is None:
@@ -140,8 +156,21 @@ class DatasetCoder:
         logger.log(f"RESUMING {phase} from {path}: {state.samples_done} images ({state.batches_done} batches) done")
         return state
 
-    def _bar(self, total: int, initial: int, desc: str):
-        return tqdm(total=total, initial=initial, desc=desc, unit="img", disable=not self.show_progress)
+    def _bar(self, desc: str, calls_done: int, calls_total: Optional[int]):
+        """A bar counting model calls (one per step of each batch), not images: with growing batches
+        the time per image falls several times over, and counting images showed 1:52:37 left after
+        the first demo digit of a 6-minute run."""
+        return tqdm(total=calls_total, initial=calls_done, desc=desc, unit="call", disable=not self.show_progress)
+
+    def _encode_calls_left(self, schedule: BatchSchedule, state: CodecState) -> Optional[int]:
+        """Model calls still to make: the batches the schedule is expected to choose (from the words
+        the message gained per image so far) times the steps; None before a growing schedule has
+        measured anything."""
+        if schedule.grow and state.samples_done == 0:
+            return None
+        gained = (message_bits(state.message) - state.stats["initial_bits"]) / 32.0 / max(state.samples_done, 1)
+        sizes = schedule.predicted_sizes(self.plan.samples - state.samples_done, cs.tail_length(state.message), gained)
+        return len(sizes) * self.codec.lm.num_steps
 
     # --- encode ----------------------------------------------------------------------------------
     def encode(self) -> CodecState:
@@ -158,7 +187,9 @@ class DatasetCoder:
         if state.samples_done == self.plan.samples:
             return state
         stats, message = state.stats, state.message
-        bar = self._bar(self.plan.samples, state.samples_done, "encode")
+        calls_done = state.batches_done * self.codec.lm.num_steps
+        left = self._encode_calls_left(schedule, state)
+        bar = self._bar("encode", calls_done, None if left is None else calls_done + left)
         self._start_clock()
         traces = {k: list(v) for k, v in state.arrays.items()}
         pending: List[tuple] = []  # coded images whose VLB waits for a full batch of them
@@ -167,6 +198,7 @@ class DatasetCoder:
             size = schedule.next_size(self.plan.samples - done, message)
             batch_ids = self.plan.ids[done:done + size]
             x = validate_batch(self.dataset.get_batch(batch_ids), self.plan.image_shape, self.dataset.num_levels, index)
+            evals = self.codec.lm.model_evals
             message, used = encode_batch(self.codec, message, x, schedule)
             if index == 0:
                 stats["consumed_bits"] = 32.0 * used
@@ -180,8 +212,10 @@ class DatasetCoder:
             stats["schedule"] = schedule.to_dict()
             self.plan.batch_sizes = list(schedule.sizes)
             state = CodecState("encode", index + 1, done + size, message, self.plan.meta, stats)
-            bar.update(size)
-            bar.set_postfix(rate=f"{self._rate_effective(state):.4f}", batch=size)
+            bar.update(self.codec.lm.model_evals - evals)
+            bar.total = bar.n + self._encode_calls_left(schedule, state)
+            bar.set_postfix(images=f"{state.samples_done}/{self.plan.samples}", batch=size,
+                            rate=f"{self._rate_effective(state):.4f}")
             if saving:
                 self._save(state, traces)
         bar.close()
@@ -200,21 +234,27 @@ class DatasetCoder:
 
     def _start_clock(self) -> None:
         self._clock = (time.time(), self.codec.lm.model_evals)
+        self._vlb_since_clock = 0.0  # VLB time inside this clock's span: not coding time
 
     def _add_vlb(self, stats: Dict[str, Any], pending: List[tuple]) -> None:
         """Evaluate the VLB of the images coded since the last call, as one batch: growing schedules
         code one image at a time at first, and the VLB's noise depends on image ids only."""
         x = np.concatenate([xs for xs, _ in pending])
         ids = np.concatenate([np.asarray(i) for _, i in pending])
+        started = time.time()
         totals = self.vlb_fn(x, ids)
+        spent = time.time() - started
+        stats["vlb_seconds"] = stats.get("vlb_seconds", 0.0) + spent
+        self._vlb_since_clock += spent
         stats["vlb_sum"] += float(np.sum(totals))
         stats["vlb_count"] += len(totals)
         pending.clear()
 
     def _save_due(self, samples_done: int, batch: int, final: bool) -> bool:
-        """Save when a batch (of `batch` images) crossed a multiple of save_interval samples, and at
-        the end."""
-        return final or samples_done // self.save_interval > (samples_done - batch) // self.save_interval
+        """Save when a batch (of `batch` images) crossed a multiple of save_interval samples, when
+        save_minutes have passed since the last save, and at the end."""
+        return (final or samples_done // self.save_interval > (samples_done - batch) // self.save_interval
+                or _now() - self._last_save >= self.save_seconds)
 
     def _maybe_save(self, state: CodecState, traces, batch: int, final: bool) -> None:
         if self._save_due(state.samples_done, batch, final):
@@ -223,10 +263,11 @@ class DatasetCoder:
     def _save(self, state: CodecState, traces) -> None:
         started, evals0 = self._clock
         key = f"{state.phase}_seconds"
-        state.stats[key] = state.stats.get(key, 0.0) + time.time() - started
+        state.stats[key] = state.stats.get(key, 0.0) + time.time() - started - self._vlb_since_clock
         state.stats["model_evals"] = state.stats.get("model_evals", 0) + self.codec.lm.model_evals - evals0
         state.arrays = {k: np.stack(v) for k, v in traces.items() if v}
         state.save(self._path(state.phase, state.samples_done))
+        self._last_save = _now()
         self._start_clock()
 
     # --- decode ----------------------------------------------------------------------------------
@@ -241,11 +282,13 @@ class DatasetCoder:
             state = CodecState("decode", 0, 0, encoded.message, self.plan.meta,
                                {"decode_seconds": 0.0, "model_evals": 0})
         message = state.message
-        bar = self._bar(self.plan.samples, state.samples_done, "decode")
+        steps = self.codec.lm.num_steps
+        bar = self._bar("decode", state.batches_done * steps, total_batches * steps)
         self._start_clock()
         for done in range(state.batches_done, total_batches):
             index = total_batches - 1 - done
             size = sizes[index]
+            evals = self.codec.lm.model_evals
             message, decoded = self.codec.decode(message, size)
             batch_ids = self.plan.ids[starts[index]:starts[index] + size]
             original = self.dataset.get_batch(batch_ids).astype(np.int64)
@@ -256,8 +299,13 @@ class DatasetCoder:
                     f"{bad[:10]}; the message in {self.run_dir} must not be trusted (model outputs were not "
                     "bit-identical between encode and decode: check determinism settings and the device)"
                 )
+            changed = self.dataset.mismatches_on_disk(batch_ids, decoded)  # the files themselves, re-read
+            if changed:
+                raise RoundtripError(f"rank {self.plan.rank}, batch {index}: decoded images are not the pictures on "
+                                     f"disk: {'; '.join(changed[:5])}; {self.run_dir} would not restore them")
             state = CodecState("decode", done + 1, state.samples_done + size, message, self.plan.meta, state.stats)
-            bar.update(size)
+            bar.update(self.codec.lm.model_evals - evals)
+            bar.set_postfix(images=f"{state.samples_done}/{self.plan.samples}", batch=size)
             self._maybe_save(state, {}, size, final=done + 1 == total_batches)
         bar.close()
         restored = cs.message_equal(message, self.initial_message())
@@ -289,7 +337,8 @@ def summarize(states: List[Dict[str, Any]]) -> Dict[str, Any]:
         "initial_bytes_used": consumed / 8.0,
         "initial_bytes_per_lane": consumed / 8.0 / lanes if lanes else None,
         "vlb": sum(s["vlb_sum"] for s in states) / vlb_count if vlb_count else None,
-        "encode_seconds": max(s["encode_seconds"] for s in states),
+        "encode_seconds": max(s["encode_seconds"] for s in states),  # coding only, without the VLB pass
+        "vlb_seconds": max(s.get("vlb_seconds", 0.0) for s in states) if vlb_count else None,
         "decode_seconds": max(s.get("decode_seconds", 0.0) for s in states),
         "model_evaluations": sum(s["model_evals"] for s in states),
     }
@@ -310,11 +359,18 @@ def rank_stats(plan: EncodePlan, encoded: CodecState, decoded: Optional[CodecSta
         "vlb_sum": stats.get("vlb_sum", 0.0),
         "vlb_count": stats.get("vlb_count", 0),
         "encode_seconds": stats.get("encode_seconds", 0.0),
+        "vlb_seconds": stats.get("vlb_seconds", 0.0),
         "decode_seconds": decoded.stats.get("decode_seconds", 0.0) if decoded else 0.0,
         "model_evals": stats.get("model_evals", 0) + (decoded.stats.get("model_evals", 0) if decoded else 0),
         "roundtrip_ok": decoded is not None and decoded.stats.get("message_restored", False),
     }
 
 
-def gather_stats(stats: Dict[str, Any]) -> List[Dict[str, Any]]:
-    return dist_util.all_gather_object(stats)
+def gather_stats(stats: Dict[str, Any], run_dir: str, rank: int, world_size: int,
+                 show_progress: bool = True) -> Optional[List[Dict[str, Any]]]:
+    """Every rank's stats on rank 0 (None elsewhere), through files: no collective that can time out
+    while ranks finish hours apart (see `rank_results`)."""
+    write_rank_results(run_dir, rank, stats)
+    if rank != 0:
+        return None
+    return wait_for_rank_results(run_dir, world_size, show_progress=show_progress, log=logger.log)

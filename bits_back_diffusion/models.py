@@ -12,15 +12,21 @@ from typing import Any, Dict, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from improved_diffusion import dist_util
+from improved_diffusion import dist_util, logger
 from improved_diffusion.respace import SpacedDiffusion
 from improved_diffusion.script_util import create_gaussian_diffusion, create_model
 from improved_diffusion.unet import UNetModel
 
-from .checkpoints import newest_ema_checkpoint, state_dict_sha256, strip_module_prefix
+from .checkpoints import ema_checkpoints, newest_ema_checkpoint, state_dict_sha256, strip_module_prefix
 
 PUBLIC_CHECKPOINT_URL = "https://openaipublic.blob.core.windows.net/diffusion/march-2021/{name}"
 PUBLIC_CHECKPOINTS = ("cifar10_uncond_vlb_50M_500K.pt", "imagenet64_uncond_vlb_100M_1500K.pt")
+# The names the reference implementation's README downloads these files to; accepted in the same
+# folder when the default name is missing, so users who followed it need not rename anything.
+README_CHECKPOINT_NAMES = {
+    "cifar10_uncond_vlb_50M_500K.pt": "cifar_vlb.pt",
+    "imagenet64_uncond_vlb_100M_1500K.pt": "imagenet_vlb.pt",
+}
 
 # Keys of the diffusion config that describe how to *evaluate*, not what was trained.
 _EVALUATION_KEYS = ("timestep_respacing",)
@@ -52,8 +58,19 @@ def download_hint(path: str) -> str:
     return "\n".join(lines)
 
 
+def readme_alias(path: str) -> Optional[str]:
+    """The reference README's name for a missing public checkpoint, if that file exists beside it."""
+    alias = README_CHECKPOINT_NAMES.get(os.path.basename(path))
+    if alias is None or os.path.exists(path):
+        return None
+    candidate = os.path.join(os.path.dirname(path), alias)
+    return candidate if os.path.isfile(candidate) else None
+
+
 def resolve_checkpoint(model_path: str) -> tuple[str, Optional[str]]:
-    """(checkpoint file, run dir or None) for a file or a run directory."""
+    """(checkpoint file, run dir or None) for a file or a run directory.
+
+    A missing public checkpoint is looked for under its reference-README name too (logged)."""
     path = os.path.abspath(os.path.expanduser(str(model_path)))
     if os.path.isdir(path):
         ckpt = newest_ema_checkpoint(path)
@@ -63,9 +80,20 @@ def resolve_checkpoint(model_path: str) -> tuple[str, Optional[str]]:
                 f"checkpoint file as evaluator.model_path"
             )
         return ckpt, path
+    alias = readme_alias(path)
+    if alias is not None:
+        logger.log(f"{path} is missing; using {alias} (the reference README's name for {os.path.basename(path)})")
+        return alias, None
     if not os.path.isfile(path):
         raise ModelLoadError(f"checkpoint {path} does not exist; {download_hint(str(model_path))}")
     return path, None
+
+
+def checkpoint_reason(ckpt: str, run_dir: Optional[str], setting: str = "evaluator.model_path") -> str:
+    """Why `ckpt` is the file loaded, for the log line that names it."""
+    if run_dir is not None:
+        return f"newest EMA checkpoint of run dir {run_dir}, given as {setting}"
+    return setting
 
 
 def run_dir_config(run_dir: str) -> Optional[DictConfig]:
@@ -98,9 +126,13 @@ def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
     model_cfg, diffusion_cfg = model_and_diffusion_cfg(cfg, run_dir)
     model = create_model(**model_cfg)
     try:
-        state = strip_module_prefix(dist_util.load_state_dict(ckpt, map_location="cpu"))
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise ModelLoadError(f"cannot read checkpoint {ckpt}: {exc}; the file may be truncated, download it again") from exc
+        raw = dist_util.load_state_dict(ckpt, what="model weights", why=checkpoint_reason(ckpt, run_dir))
+    except dist_util.CheckpointReadError as exc:
+        hint = "" if exc.unsafe or run_dir is None else _older_checkpoints_hint(run_dir, ckpt)
+        raise ModelLoadError(f"{exc}{hint}") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+        raise ModelLoadError(f"checkpoint {ckpt} is not a state dict (a mapping of names to tensors); pass a model checkpoint")
+    state = strip_module_prefix(raw)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -111,6 +143,13 @@ def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
     model.to(device).eval()
     diffusion = create_gaussian_diffusion(**diffusion_cfg)
     return LoadedModel(model, diffusion, ckpt, state_dict_sha256(state), model_cfg, diffusion_cfg)
+
+
+def _older_checkpoints_hint(run_dir: str, unreadable: str) -> str:
+    older = [path for _, _, path in ema_checkpoints(run_dir) if path != unreadable]
+    if not older:
+        return ""
+    return f"\nto evaluate an older checkpoint of this run instead, pass evaluator.model_path={older[-1]}"
 
 
 def check_data_fits_model(loaded: LoadedModel, channels: int, image_size: int, num_levels: int) -> None:

@@ -1,5 +1,5 @@
-"""Process setup shared by the scripts: distributed init, device, one run dir for all ranks,
-seeding and determinism switches."""
+"""Process setup shared by the scripts: distributed init, device, one locked run dir for all
+ranks, seeding and determinism switches."""
 from __future__ import annotations
 
 import datetime
@@ -15,6 +15,8 @@ from omegaconf import OmegaConf
 
 from improved_diffusion import dist_util
 
+from . import run_dir as run_dirs
+
 _RANK_ENV_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 
 
@@ -25,10 +27,16 @@ class Runtime:
     local_rank: int
     device: torch.device
     run_dir: str
+    lock: Optional[run_dirs.RunDirLock] = None  # rank 0's hold on the run dir
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def release(self) -> None:
+        """Unlock the run dir (the end of a run; a dying process loses the lock anyway)."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def launch_rank() -> int:
@@ -51,6 +59,20 @@ def run_stamp() -> str:
     return stamp
 
 
+def fresh_run_dir(prefix: str) -> str:
+    """`<prefix>/<date>/<time>` made unique (`-1`, `-2`, ... when taken) and created at once, so
+    two runs started in the same second never share a folder. Under mpiexec rank 0 picks the
+    name and broadcasts it; other launch ranks without MPI leave the choice to rank 0's broadcast
+    in `setup`."""
+    if dist_util.under_mpi():
+        from mpi4py import MPI
+
+        comm = MPI.COMM_WORLD
+        chosen = run_dirs.fresh_run_dir(prefix, run_dirs.default_stamp) if comm.Get_rank() == 0 else None
+        return comm.bcast(chosen, root=0)
+    return run_dirs.fresh_run_dir(prefix, run_dirs.default_stamp, reserve=launch_rank() == 0)
+
+
 def hydra_output_subdir() -> str:
     """`.hydra` on rank 0; other ranks keep their (identical) config copies out of its way."""
     rank = launch_rank()
@@ -60,25 +82,40 @@ def hydra_output_subdir() -> str:
 def register_resolvers() -> None:
     """Resolvers the YAML files use; call before `@hydra.main` runs.
 
-    `run_stamp` is cached in the config (like Hydra's `${now:}`), so a config pickled by a launcher
-    carries its value: a SLURM job started (or requeued) later by the submitit launcher gets the
-    launcher's sweep dir, not a new timestamp -- otherwise a requeued run would start over from
-    step 0 in a fresh folder. `hydra_subdir` depends on the process's rank and must not be cached.
+    `run_stamp` and `fresh_run_dir` are cached in the config (like Hydra's `${now:}`), so a config
+    pickled by a launcher carries its value: a SLURM job started (or requeued) later by the
+    submitit launcher gets the launcher's dir, not a new timestamp -- otherwise a requeued run
+    would start over from step 0 in a fresh folder. `hydra_subdir` depends on the process's rank
+    and must not be cached.
     """
-    for name, fn, cache in (("run_stamp", run_stamp, True), ("hydra_subdir", hydra_output_subdir, False)):
+    for name, fn, cache in (("run_stamp", run_stamp, True), ("fresh_run_dir", fresh_run_dir, True),
+                            ("hydra_subdir", hydra_output_subdir, False)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=cache)
 
 
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def prepare_determinism_env(deterministic: bool) -> None:
+    """cuBLAS needs a fixed workspace for reproducible results; it reads the variable when CUDA
+    starts, so this runs before `setup_dist` touches the GPU. A user's own setting is kept."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+
+
 def set_determinism(deterministic: bool = True) -> None:
-    """Bit-identical model outputs between encode and decode need fixed kernels and no TF32."""
+    """Bit-identical model outputs between encode and decode need fixed kernels and no TF32.
+
+    Coding paths (deterministic=True) make a nondeterministic kernel an error, not a warning: a
+    warning would leave an undecodable file. Training (False) keeps torch's setting."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        prepare_determinism_env(True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True)
 
 
 def seed_everything(seed: int) -> None:
@@ -96,17 +133,39 @@ def hydra_run_dir() -> Optional[str]:
         return None
 
 
+def lock_run_dir(path: str, rank: int) -> Optional[run_dirs.RunDirLock]:
+    """Rank 0 locks the run dir; every rank raises the same `RunDirBusy` when it is taken."""
+    lock, error = None, None
+    if rank == 0:
+        try:
+            lock = run_dirs.RunDirLock(path).acquire()
+        except run_dirs.RunDirBusy as exc:
+            error = str(exc)
+    error = dist_util.broadcast_object(error)
+    if error is not None:
+        raise run_dirs.RunDirBusy(error)
+    return lock
+
+
 def setup(cfg: Any, run_dir: Optional[str] = None, deterministic: bool = True) -> Runtime:
-    """Initialise distribution, pick the device, agree on rank 0's run dir, seed and fix kernels."""
+    """Initialise distribution, pick the device, agree on rank 0's run dir and lock it, seed and
+    fix kernels. Call `Runtime.release()` when the run ends."""
+    prepare_determinism_env(deterministic)
     dist_util.setup_dist()
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
     chosen = run_dir or hydra_run_dir() or os.getcwd()
     chosen = os.path.abspath(dist_util.broadcast_object(chosen if rank == 0 else None))
     os.makedirs(chosen, exist_ok=True)
-    set_determinism(deterministic)
-    if dist_util.dev().type == "cpu" and world > 1 and "OMP_NUM_THREADS" not in os.environ:
-        # ranks sharing a machine would oversubscribe its cores (and spin-wait on each other)
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    seed = int(cfg.get("seed", 0) or 0) if hasattr(cfg, "get") else 0
-    seed_everything(seed + rank)
-    return Runtime(rank, world, dist_util.get_local_rank(), dist_util.dev(), chosen)
+    lock = lock_run_dir(chosen, rank)
+    try:
+        set_determinism(deterministic)
+        if dist_util.dev().type == "cpu" and world > 1 and "OMP_NUM_THREADS" not in os.environ:
+            # ranks sharing a machine would oversubscribe its cores (and spin-wait on each other)
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        seed = int(cfg.get("seed", 0) or 0) if hasattr(cfg, "get") else 0
+        seed_everything(seed + rank)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return Runtime(rank, world, dist_util.get_local_rank(), dist_util.dev(), chosen, lock)

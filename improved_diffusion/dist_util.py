@@ -33,6 +33,8 @@ from typing import Any, Iterable, Optional
 import torch
 import torch.distributed as dist
 
+from .checkpoint_io import CheckpointReadError, load_weights_only  # noqa: F401 - CheckpointReadError re-exported
+
 _MPI_ENV_VARS = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "MPI_LOCALRANKID")
 _SLURM_ENV_VARS = ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
 _SUBMITIT_LOCAL_ENV_VARS = ("SUBMITIT_LOCAL_GLOBALID", "SUBMITIT_LOCAL_NTASKS", "SUBMITIT_LOCAL_LOCALID")
@@ -200,12 +202,8 @@ def setup_dist(backend: Optional[str] = None) -> None:
     _state["launcher"] = launcher
     _state["local_rank"] = local_rank
     if torch.cuda.is_available():
-        if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"Local rank {local_rank} has no GPU: only {torch.cuda.device_count()} visible. "
-                "Start at most one process per GPU on each node."
-            )
-        torch.cuda.set_device(local_rank)
+        # a task bound to its own GPU (--gpus-per-task, GPU binding) sees one device, numbered 0
+        torch.cuda.set_device(local_device_index())
     _init_group(backend, init_method, rank, world)
 
 
@@ -250,10 +248,19 @@ def get_local_rank() -> int:
     return int(_state["local_rank"])
 
 
+def local_device_index() -> int:
+    """This rank's GPU among the visible ones: the local rank modulo their number, so both one GPU
+    per task and all of a node's GPUs per task work."""
+    count = torch.cuda.device_count()
+    if count < 1:
+        raise RuntimeError("CUDA is available but no GPU is visible (check CUDA_VISIBLE_DEVICES).")
+    return get_local_rank() % count
+
+
 def dev() -> torch.device:
     """This rank's device: its local GPU when CUDA is available, else the CPU."""
     if torch.cuda.is_available():
-        return torch.device(f"cuda:{get_local_rank()}")
+        return torch.device(f"cuda:{local_device_index()}")
     return torch.device("cpu")
 
 
@@ -281,13 +288,24 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def load_state_dict(path: str, **kwargs: Any) -> Any:
-    """torch.load a checkpoint, by default onto the CPU.
+def load_state_dict(path: str, *, what: str = "checkpoint", why: Optional[str] = None, **kwargs: Any) -> Any:
+    """Read a checkpoint with torch's weights-only unpickler, by default onto the CPU.
 
-    Under mpiexec with several ranks, rank 0 reads the file once and ships the bytes over MPI
-    so a shared file system is not hammered by every rank; otherwise every rank reads it.
+    Logs which file is read and why ("loading model weights from <path> (evaluator.model_path)"),
+    so a run's log says where its weights came from. Raises FileNotFoundError for a missing file
+    and `CheckpointReadError` for a damaged file or one holding arbitrary pickled objects (which is
+    never unpickled: `weights_only` cannot be switched off here). Under mpiexec with several ranks,
+    rank 0 reads the file once and ships the bytes over MPI so a shared file system is not
+    hammered by every rank; otherwise every rank reads it.
     """
-    kwargs.setdefault("map_location", "cpu")
+    if kwargs.pop("weights_only", True) is not True:
+        raise ValueError("load_state_dict always reads checkpoints with weights_only=True; do not pass weights_only=False.")
+    map_location = kwargs.pop("map_location", "cpu")
+    if kwargs:
+        raise TypeError(f"load_state_dict got unexpected arguments {sorted(kwargs)}")
+    from . import logger
+
+    logger.log(f"loading {what} from {path}" + (f" ({why})" if why else ""))
     if under_mpi() and get_world_size() > 1:
         comm = _mpi_comm()
         data = None
@@ -306,10 +324,10 @@ def load_state_dict(path: str, **kwargs: Any) -> Any:
         for i in range(n_chunks):
             chunk = data[i * _MPI_CHUNK : (i + 1) * _MPI_CHUNK] if comm.Get_rank() == 0 else None
             parts.append(comm.bcast(chunk, root=0))
-        return torch.load(io.BytesIO(b"".join(parts)), **kwargs)
+        return load_weights_only(io.BytesIO(b"".join(parts)), path, map_location)
     if not os.path.exists(path):
         raise FileNotFoundError(f"Checkpoint not found: {path}")
-    return torch.load(path, **kwargs)
+    return load_weights_only(path, path, map_location)
 
 
 def sync_params(params: Iterable[torch.Tensor]) -> None:

@@ -94,3 +94,20 @@ def zero_grad(model_params: Sequence[torch.Tensor]) -> None:
         if p.grad is not None:
             p.grad.detach_()
             p.grad.zero_()
+
+
+def global_grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of all gradients together, as a float32 scalar tensor on their device.
+
+    One fused reduction and no host sync: the caller reads it once (`float(...)`) per step. A
+    non-finite gradient anywhere makes the result non-finite, which is the fp16 overflow test.
+    Per-tensor norms are taken in float32, so large but finite float16 gradients do not overflow.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), dtype=torch.float32)
+    try:
+        norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+    except (TypeError, RuntimeError):  # torch versions whose _foreach_norm has no dtype argument
+        norms = [torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]
+    return torch.linalg.vector_norm(torch.stack(norms))

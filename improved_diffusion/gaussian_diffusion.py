@@ -108,6 +108,7 @@ class GaussianDiffusion:
         if betas.ndim != 1 or not ((betas > 0).all() and (betas <= 1).all()):
             raise ValueError("betas must be a 1-D array of values in (0, 1]")
         self.betas = betas
+        self.log_betas = np.log(betas)  # the learned range's upper end, looked up on every model call
         self.num_timesteps = int(betas.shape[0])
 
         alphas = 1.0 - betas
@@ -197,7 +198,7 @@ class GaussianDiffusion:
                 model_variance = torch.exp(model_log_variance)
             else:
                 min_log = _extract_into_tensor(self.posterior_log_variance_clipped, t, x.shape)
-                max_log = _extract_into_tensor(np.log(self.betas), t, x.shape)
+                max_log = _extract_into_tensor(self.log_betas, t, x.shape)
                 frac = (var_values + 1) / 2  # the network outputs values in [-1, 1]
                 model_log_variance = frac * max_log + (1 - frac) * min_log
                 model_variance = torch.exp(model_log_variance)

@@ -1,11 +1,13 @@
 """Small layer helpers shared by the UNet; names follow improved-diffusion so its code ports unchanged."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as _torch_checkpoint
 
 
@@ -20,6 +22,8 @@ class GroupNorm32(nn.GroupNorm):
     """GroupNorm evaluated in float32 so fp16 activations do not lose the statistics."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # the common case: skip two no-op casts (per-call overhead)
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return super().forward(x.float()).type(x.dtype)
 
 
@@ -79,12 +83,20 @@ def update_ema(target_params: Iterable[torch.Tensor], source_params: Iterable[to
         targ.detach().mul_(rate).add_(src, alpha=1 - rate)
 
 
+@functools.lru_cache(maxsize=16)
+def _embedding_frequencies(half: int, max_period: int, device: torch.device) -> torch.Tensor:
+    """The geometric frequencies of `timestep_embedding`, computed once per size and device:
+    coding calls a small model thousands of times, and these four ops were a visible share."""
+    with torch.inference_mode(False):  # a normal tensor, usable by training after coding
+        exponent = torch.arange(half, dtype=torch.float32, device=device) / half
+        return torch.exp(-math.log(max_period) * exponent)[None]
+
+
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
     """Sinusoidal embedding of (possibly fractional) timesteps: [cos | sin] over geometric frequencies."""
     half = dim // 2
-    exponent = torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
-    freqs = torch.exp(-math.log(max_period) * exponent)
-    angles = timesteps[:, None].float() * freqs[None]
+    freqs = _embedding_frequencies(half, max_period, timesteps.device)
+    angles = timesteps[:, None].float() * freqs
     emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)

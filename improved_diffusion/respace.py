@@ -6,7 +6,7 @@ step index, which `_WrappedModel` restores.
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence, Set, Union
+from typing import Dict, Iterable, List, Sequence, Set, Tuple, Union
 
 import numpy as np
 import torch
@@ -121,7 +121,11 @@ class SpacedDiffusion(GaussianDiffusion):
     def _wrap_model(self, model):
         if isinstance(model, _WrappedModel):
             return model
-        return _WrappedModel(model, self.timestep_map, self.rescale_timesteps, self.original_num_steps)
+        cached = getattr(self, "_last_wrapped", None)
+        if cached is not None and cached.model is model:  # coding calls one model thousands of times
+            return cached
+        self._last_wrapped = _WrappedModel(model, self.timestep_map, self.rescale_timesteps, self.original_num_steps)
+        return self._last_wrapped
 
     def _scale_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         # The wrapper maps and scales; scaling here too would do it twice.
@@ -136,10 +140,18 @@ class _WrappedModel:
         self.timestep_map = list(timestep_map)
         self.rescale_timesteps = rescale_timesteps
         self.original_num_steps = original_num_steps
+        self._tables: Dict[Tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _table(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The step map as a tensor, built once per device and dtype rather than on every call."""
+        key = (device, dtype)
+        if key not in self._tables:
+            with torch.inference_mode(False):  # a normal tensor, usable by training too
+                self._tables[key] = torch.tensor(self.timestep_map, device=device, dtype=dtype)
+        return self._tables[key]
 
     def __call__(self, x: torch.Tensor, ts: torch.Tensor, **kwargs) -> torch.Tensor:
-        table = torch.tensor(self.timestep_map, device=ts.device, dtype=ts.dtype)
-        original = table[ts]
+        original = self._table(ts.device, ts.dtype)[ts]
         if self.rescale_timesteps:
             original = original.float() * (1000.0 / self.original_num_steps)
         return self.model(x, original, **kwargs)

@@ -6,7 +6,8 @@ The argument names are those of improved-diffusion's scripts, so a checkpoint's 
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+import numbers
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from . import gaussian_diffusion as gd
 from .respace import SpacedDiffusion, space_timesteps
@@ -68,6 +69,20 @@ def parse_channel_mult(channel_mult: Union[None, str, Sequence[int]], image_size
     return mult
 
 
+def parse_attention_resolutions(value: Union[None, int, str, Sequence[int]]) -> List[int]:
+    """Pixel sizes with attention, as users type them: 16, "16,8", [16, 8], or ""/None for none."""
+    bad = ValueError(f"attention_resolutions must be pixel sizes such as 16 or \"16,8\", got {value!r}")
+    if value is None:
+        return []
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, str, Iterable)):
+        raise bad
+    items = [value] if isinstance(value, numbers.Integral) else value.split(",") if isinstance(value, str) else value
+    try:
+        return [int(str(r).strip()) for r in items if str(r).strip()]
+    except ValueError:
+        raise bad from None
+
+
 def create_model(
     image_size: int,
     num_channels: int,
@@ -75,7 +90,7 @@ def create_model(
     learn_sigma: bool,
     class_cond: bool,
     use_checkpoint: bool,
-    attention_resolutions: Union[str, Sequence[int]],
+    attention_resolutions: Union[None, int, str, Sequence[int]],
     num_heads: int,
     num_heads_upsample: int,
     use_scale_shift_norm: bool,
@@ -85,10 +100,7 @@ def create_model(
 ) -> UNetModel:
     """The improved-diffusion UNet; `attention_resolutions` are pixel sizes ("16,8")."""
     mult = parse_channel_mult(channel_mult, image_size)
-    if isinstance(attention_resolutions, str):
-        resolutions = [int(r) for r in attention_resolutions.split(",") if r.strip()]
-    else:
-        resolutions = [int(r) for r in attention_resolutions]
+    resolutions = parse_attention_resolutions(attention_resolutions)
     for res in resolutions:
         if res <= 0 or image_size % res:
             raise ValueError(f"attention resolution {res} does not divide image_size {image_size}")

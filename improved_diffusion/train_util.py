@@ -1,22 +1,21 @@
 """The diffusion training loop: AdamW, EMA, microbatches, fp16 loss scaling, DDP, checkpoints.
 
-Step counting: `step` is the number of optimizer updates done. A checkpoint saved after
-update N is ``model{N:06d}.pt`` + ``ema_{rate}_{N:06d}.pt`` (one per EMA rate) +
-``opt{N:06d}.pt`` (improved-diffusion's names), written from the unwrapped module, each file
-atomically (temporary file + ``os.replace``) and the model file last, so a checkpoint step
-whose model file exists is complete even if the process was SIGKILLed while saving. A new
-TrainLoop in the same directory resumes from the newest complete step; training stops when
-`max_steps` (or `lr_anneal_steps`) updates have been done in total, so an interrupted and
-resumed run ends at the same step as an uninterrupted one.
+Step counting: `step` is the number of optimizer updates done. Checkpoint files, their atomic
+writes and the choice of the step to resume from live in `train_checkpoints`. A new TrainLoop in
+the same directory resumes from the newest complete step; with the trainer state saved next to
+the weights (RNG states of every rank, the data position, the timestep sampler, the fp16 loss
+scale) the resumed run is bit-identical to an uninterrupted one on the same hardware and layout.
+Training stops when `max_steps` (or `lr_anneal_steps`) updates have been done in total, so an
+interrupted and resumed run ends at the same step as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
 import time
 import warnings
+from contextlib import nullcontext
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -26,16 +25,31 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim import AdamW
 
 from . import dist_util, logger
-from .atomic_io import atomic_write
-from .fp16_util import make_master_params, master_params_to_model_params, model_grads_to_master_grads, zero_grad
+from .fp16_util import (
+    global_grad_norm,
+    make_master_params,
+    master_params_to_model_params,
+    model_grads_to_master_grads,
+    zero_grad,
+)
 from .resample import LossAwareSampler, ScheduleSampler, UniformSampler
+from .rng_state import capture_rng_state, restore_rng_state
+from .train_checkpoints import (  # noqa: F401 - re-exported: callers import these from train_util
+    NoCompleteCheckpointError,
+    ResumePoint,
+    atomic_save,
+    checkpoint_paths,
+    find_resume_checkpoint,
+    newest_complete_step,
+    parse_resume_step_from_filename,
+    read_step,
+    remove_stale_tmp_files,
+)
 
 # Starting log2 loss scale for fp16 (improved-diffusion's value; it adapts from there).
 INITIAL_LOG_LOSS_SCALE = 20.0
 # Device types on which use_fp16 is honoured (half-precision training is slow or unsupported elsewhere).
 FP16_DEVICE_TYPES = ("cuda",)
-
-_MODEL_RE = re.compile(r"^model(\d+)\.pt$")
 
 
 def parse_ema_rates(ema_rate: Union[float, str, Sequence[float]]) -> list[float]:
@@ -52,55 +66,15 @@ def parse_ema_rates(ema_rate: Union[float, str, Sequence[float]]) -> list[float]
     return rates
 
 
-def parse_resume_step_from_filename(filename: str) -> int:
-    """N from ``.../modelNNNNNN.pt`` (0 when the name has no step)."""
-    match = _MODEL_RE.match(os.path.basename(filename))
-    return int(match.group(1)) if match else 0
-
-
-def checkpoint_paths(directory: str, step: int, ema_rates: Sequence[float]) -> dict[str, str]:
-    """Paths of the model, optimizer, sampler and EMA files of one checkpoint step."""
-    paths = {
-        "model": os.path.join(directory, f"model{step:06d}.pt"),
-        "opt": os.path.join(directory, f"opt{step:06d}.pt"),
-        "sampler": os.path.join(directory, f"sampler{step:06d}.pt"),
-    }
-    for rate in ema_rates:
-        paths[f"ema_{rate}"] = os.path.join(directory, f"ema_{rate}_{step:06d}.pt")
-    return paths
-
-
-def find_resume_checkpoint(directory: Optional[str]) -> Optional[int]:
-    """Newest step in `directory` whose model and optimizer files both exist."""
-    if not directory or not os.path.isdir(directory):
-        return None
-    steps = []
-    for name in os.listdir(directory):
-        match = _MODEL_RE.match(name)
-        if match:
-            step = int(match.group(1))
-            if os.path.exists(os.path.join(directory, f"opt{step:06d}.pt")):
-                steps.append(step)
-    return max(steps) if steps else None
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary file in the same folder, then rename over `path`."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def _remove_stale_tmp_files(directory: str) -> None:
-    for name in os.listdir(directory):
-        if name.startswith(".") and ".pt.tmp-" in name:
-            os.remove(os.path.join(directory, name))
-
-
 class TrainLoop:
     """Trains `model` on `diffusion.training_losses` with batches drawn from `data`.
 
     batch_size is per rank; microbatch <= 0 means one microbatch per batch. Gradients of
     microbatches are weighted by their share of the batch, so the update equals the full-batch
-    mean gradient whatever the microbatch size.
+    mean gradient whatever the microbatch size. A `data` iterator with ``position`` and
+    ``seek(position)`` (such as `bits_back_diffusion.data.TrainBatches`) is moved to where the
+    resumed checkpoint left off. `allow_tf32` and `bf16_autocast` trade exactness for speed on a
+    GPU; they are training-only options (coding needs bit-identical model outputs).
     """
 
     def __init__(
@@ -124,6 +98,8 @@ class TrainLoop:
         max_steps: Optional[int] = 0,
         save_dir: Optional[str] = None,
         progress: bool = True,
+        allow_tf32: bool = False,
+        bf16_autocast: bool = False,
     ):
         _check_positive(batch_size=batch_size, log_interval=log_interval, save_interval=save_interval)
         if not lr > 0:
@@ -132,6 +108,11 @@ class TrainLoop:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
         if (lr_anneal_steps or 0) < 0 or (max_steps or 0) < 0:
             raise ValueError("lr_anneal_steps and max_steps must be >= 0 (0 or null means no limit).")
+        _check_bool(use_fp16=use_fp16, allow_tf32=allow_tf32, bf16_autocast=bf16_autocast)
+        if use_fp16 and bf16_autocast:
+            raise ValueError(
+                "trainer.use_fp16 and trainer.bf16_autocast are both on; choose one (bf16 autocast needs no loss scaling)."
+            )
 
         self.model = model
         self.diffusion = diffusion
@@ -157,25 +138,20 @@ class TrainLoop:
         self.world_size = dist_util.get_world_size()
         self.global_batch = self.batch_size * self.world_size
         self.device = next(model.parameters()).device
-        self.use_fp16 = bool(use_fp16)
-        if self.use_fp16 and self.device.type not in FP16_DEVICE_TYPES:
-            msg = "use_fp16=True needs a GPU; training in float32 on the CPU instead."
-            warnings.warn(msg, stacklevel=2)
-            logger.warn(f"WARNING: {msg}")
-            self.use_fp16 = False
-        if self.use_fp16 and not hasattr(model, "convert_to_fp16"):
-            raise ValueError(f"use_fp16=True needs a model with convert_to_fp16(); {type(model).__name__} has none.")
+        self._setup_precision(bool(use_fp16), bool(allow_tf32), bool(bf16_autocast))
         self.lg_loss_scale = INITIAL_LOG_LOSS_SCALE
+        self.batches_drawn = 0
 
         self.step = 0
         if self.rank == 0:
             os.makedirs(self.save_dir, exist_ok=True)
-            _remove_stale_tmp_files(self.save_dir)
+            remove_stale_tmp_files(self.save_dir)
         dist_util.barrier()
 
         self.param_names = [name for name, _ in model.named_parameters()]
         self.model_params = list(model.parameters())
-        loaded = self._load_checkpoint()
+        point = self._find_resume_point()
+        loaded = self._load_resume_point(point) if point is not None else {}
         dist_util.sync_params(self.model.parameters())
         dist_util.sync_params(self.model.buffers())
 
@@ -200,8 +176,6 @@ class TrainLoop:
                 self.ema_params.append([state[n].to(self.device, torch.float32).clone() for n in self.param_names])
             else:
                 self.ema_params.append([p.detach().float().clone() for p in self.master_params])
-        if loaded.get("sampler") is not None and hasattr(self.schedule_sampler, "load_state_dict"):
-            self.schedule_sampler.load_state_dict({k: v.numpy() for k, v in loaded["sampler"].items()})
 
         if self.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -217,40 +191,66 @@ class TrainLoop:
         self._last_saved = self.step
         self._tic = time.time()
         self._tic_step = self.step
+        if point is not None:
+            # Last: nothing after this may draw random numbers before the first resumed step.
+            self._restore_trainer_state(loaded.get("state"), loaded.get("sampler"), point)
+
+    def _setup_precision(self, use_fp16: bool, allow_tf32: bool, bf16_autocast: bool) -> None:
+        """fp16 with loss scaling, bf16 autocast, TF32: speed options, honoured on a GPU only (bf16 also on CPU)."""
+        self.use_fp16 = use_fp16
+        if self.use_fp16 and self.device.type not in FP16_DEVICE_TYPES:
+            _warn("use_fp16=True needs a GPU; training in float32 on the CPU instead.")
+            self.use_fp16 = False
+        if self.use_fp16 and not hasattr(self.model, "convert_to_fp16"):
+            raise ValueError(f"use_fp16=True needs a model with convert_to_fp16(); {type(self.model).__name__} has none.")
+        self.bf16_autocast = bf16_autocast
+        if self.bf16_autocast and self.device.type != "cuda":
+            _warn("bf16_autocast=True on the CPU: supported, but usually slower than float32 there.")
+        self.allow_tf32 = allow_tf32
+        if self.allow_tf32:
+            if self.device.type == "cuda":
+                # Process-wide switches: a training process never codes, where TF32 would break decoding.
+                torch.backends.cuda.matmul.allow_tf32 = True
+                torch.backends.cudnn.allow_tf32 = True
+            else:
+                _warn("allow_tf32=True has no effect on the CPU (TF32 is a GPU tensor-core format).")
 
     # ------------------------------------------------------------------ checkpoints
-    def _load_checkpoint(self) -> dict[str, Any]:
-        """Load the newest complete checkpoint of save_dir (else resume_checkpoint) into the model."""
-        step = find_resume_checkpoint(self.save_dir)
-        if step is not None:
-            paths = checkpoint_paths(self.save_dir, step, self.ema_rate)
-        elif self.resume_checkpoint:
-            if not os.path.isfile(self.resume_checkpoint):
-                raise FileNotFoundError(
-                    f"resume_checkpoint {self.resume_checkpoint} does not exist; give the path of a model<step>.pt file."
-                )
-            step = parse_resume_step_from_filename(self.resume_checkpoint)
-            paths = checkpoint_paths(os.path.dirname(os.path.abspath(self.resume_checkpoint)), step, self.ema_rate)
-            paths["model"] = self.resume_checkpoint
-        else:
-            return {}
+    def _find_resume_point(self) -> Optional[ResumePoint]:
+        """The newest complete step of save_dir, else the resume_checkpoint file's step, else None."""
+        point = newest_complete_step(self.save_dir, self.ema_rate)
+        if point is not None or not self.resume_checkpoint:
+            return point
+        if not os.path.isfile(self.resume_checkpoint):
+            raise FileNotFoundError(
+                f"resume_checkpoint {self.resume_checkpoint} does not exist; give the path of a model<step>.pt file."
+            )
+        step = parse_resume_step_from_filename(self.resume_checkpoint)
+        paths = checkpoint_paths(os.path.dirname(os.path.abspath(self.resume_checkpoint)), step, self.ema_rate)
+        paths["model"] = self.resume_checkpoint
+        loaded, damaged = read_step(paths, why="trainer.resume_checkpoint")
+        if damaged:
+            raise ValueError("\n".join(str(exc) for exc in damaged) + "\nGive trainer.resume_checkpoint a complete checkpoint.")
+        return ResumePoint(step, paths, loaded)
 
+    def _load_resume_point(self, point: ResumePoint) -> dict[str, Any]:
+        """Put the step's weights into the model; returns the other files' contents, checked."""
         try:
-            self.model.load_state_dict(_strip_module_prefix(dist_util.load_state_dict(paths["model"])))
-        except RuntimeError as exc:
+            self.model.load_state_dict(_strip_module_prefix(point.loaded["model"]))
+        except (RuntimeError, AttributeError, TypeError) as exc:
             raise ValueError(
-                f"Checkpoint {paths['model']} does not fit this model: {str(exc)[:500]}\n"
+                f"Checkpoint {point.paths['model']} does not fit this model: {str(exc)[:500]}\n"
                 "Resume with the model.* settings of the run that wrote it (see its .hydra/config.yaml), "
                 "or train in a new run dir."
             ) from None
-        self.step = step
+        self.step = point.step
         loaded: dict[str, Any] = {}
-        report = [f"model <- {paths['model']}"]
-        for key, path in paths.items():
+        report = [f"model <- {point.paths['model']}"]
+        for key, path in point.paths.items():
             if key == "model":
                 continue
-            if os.path.exists(path):
-                value = dist_util.load_state_dict(path)
+            value = point.loaded.get(key)
+            if value is not None:
                 if key.startswith("ema_"):
                     value = _strip_module_prefix(value)
                     missing = [n for n in self.param_names if n not in value]
@@ -258,15 +258,71 @@ class TrainLoop:
                         raise ValueError(f"EMA checkpoint {path} lacks parameters {missing[:5]}; it belongs to another model.")
                 loaded[key] = value
                 report.append(f"{key} <- {path}")
+            elif key == "state":
+                report.append(f"trainer state: NOT FOUND ({path}); this resume is NOT bit-exact")
             elif key != "sampler":
                 report.append(f"{key}: NOT FOUND ({path}), starting it fresh")
         banner = "=" * 72
         logger.log(banner)
-        logger.log(f"RESUMING TRAINING AT STEP {step} ({step * self.global_batch} samples seen)")
+        logger.log(f"RESUMING TRAINING AT STEP {point.step} ({point.step * self.global_batch} samples seen)")
+        for line in point.skipped:
+            logger.log(f"  SKIPPED {line}")
         for line in report:
             logger.log(f"  {line}")
         logger.log(banner)
         return loaded
+
+    def _trainer_state(self) -> dict[str, Any]:
+        """What a bit-exact resume needs besides weights and optimizer, as weights-only-loadable values.
+
+        Collective: every rank contributes its RNG states."""
+        sampler = None
+        if hasattr(self.schedule_sampler, "state_dict"):
+            sampler = {k: torch.from_numpy(np.asarray(v)) for k, v in self.schedule_sampler.state_dict().items()}
+        position = getattr(self.data, "position", None)
+        return {
+            "format": 1,
+            "step": self.step,
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+            "batches_drawn": self.batches_drawn,
+            "data_position": int(position) if position is not None else self.batches_drawn * self.batch_size,
+            "lg_loss_scale": float(self.lg_loss_scale),
+            "sampler": sampler,
+            "rng": dist_util.all_gather_object(capture_rng_state(self.device)),
+        }
+
+    def _restore_trainer_state(self, state: Optional[dict[str, Any]], legacy_sampler: Any, point: ResumePoint) -> None:
+        """Continue the sampler, loss scale, data stream and RNGs where the checkpoint left them."""
+        sampler_state = state.get("sampler") if state is not None else legacy_sampler
+        if sampler_state is not None and hasattr(self.schedule_sampler, "load_state_dict"):
+            self.schedule_sampler.load_state_dict({k: v.numpy() for k, v in sampler_state.items()})
+        if state is None:
+            _warn(
+                f"Checkpoint step {point.step} has no trainer state ({point.paths['state']}; written by an older "
+                "version?): RNG states and the data position start afresh, so this resume is not bit-exact."
+            )
+            return
+        if int(state.get("step", -1)) != point.step:
+            raise ValueError(f"{point.paths['state']} is the trainer state of step {state.get('step')}, not {point.step}.")
+        self.lg_loss_scale = float(state["lg_loss_scale"])
+        self.batches_drawn = int(state["batches_drawn"])
+        same_layout = int(state["world_size"]) == self.world_size and int(state["batch_size"]) == self.batch_size
+        if same_layout:
+            position = int(state["data_position"])
+        else:
+            position = int(state["data_position"]) * int(state["world_size"]) // self.world_size
+            _warn(
+                f"Resuming with {self.world_size} ranks x batch {self.batch_size} a run saved with "
+                f"{state['world_size']} x {state['batch_size']}: the data order and random numbers cannot continue "
+                "exactly, so this resume is not bit-exact."
+            )
+        if hasattr(self.data, "seek"):
+            self.data.seek(position)
+        elif position:
+            _warn("The data iterator has no seek(): the resumed run restarts its data stream, so it is not bit-exact.")
+        if same_layout:
+            restore_rng_state(state["rng"][self.rank], self.device)
 
     def _params_to_state_dict(self, params: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
@@ -276,13 +332,13 @@ class TrainLoop:
 
     def save(self) -> None:
         """Write the checkpoint of the current step (rank 0), model file last; all ranks wait."""
+        trainer_state = self._trainer_state()
         if self.rank == 0:
             paths = checkpoint_paths(self.save_dir, self.step, self.ema_rate)
             for rate, params in zip(self.ema_rate, self.ema_params):
                 atomic_save(self._params_to_state_dict(params), paths[f"ema_{rate}"])
             atomic_save(self.opt.state_dict(), paths["opt"])
-            if hasattr(self.schedule_sampler, "state_dict"):
-                atomic_save({k: torch.from_numpy(v) for k, v in self.schedule_sampler.state_dict().items()}, paths["sampler"])
+            atomic_save(trainer_state, paths["state"])
             atomic_save(self._params_to_state_dict(self.master_params), paths["model"])
             logger.log(f"saved checkpoint at step {self.step} to {self.save_dir}")
         self._last_saved = self.step
@@ -304,6 +360,7 @@ class TrainLoop:
         try:
             while not self._done():
                 batch, cond = next(self.data)
+                self.batches_drawn += 1
                 before = self.step
                 self.run_step(batch, cond)
                 if self.step == before:
@@ -337,14 +394,22 @@ class TrainLoop:
         n = batch.shape[0]
         if n == 0:
             raise ValueError("The data iterator yielded an empty batch.")
+        # One asynchronous copy per batch (the loader pins host memory on CUDA); microbatches are views.
+        batch = batch.to(self.device, non_blocking=True)
+        cond = {k: v.to(self.device, non_blocking=True) for k, v in cond.items()}
+        autocast = (
+            torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if self.bf16_autocast else nullcontext()
+        )
         for i in range(0, n, self.microbatch):
-            micro = batch[i : i + self.microbatch].to(self.device)
-            micro_cond = {k: v[i : i + self.microbatch].to(self.device) for k, v in cond.items()}
+            micro = batch[i : i + self.microbatch]
+            micro_cond = {k: v[i : i + self.microbatch] for k, v in cond.items()}
             last = i + self.microbatch >= n
             t, weights = self.schedule_sampler.sample(micro.shape[0], self.device)
 
             def compute() -> dict[str, torch.Tensor]:
-                return self.diffusion.training_losses(self.ddp_model, micro, t, model_kwargs=micro_cond)
+                with autocast:
+                    losses = self.diffusion.training_losses(self.ddp_model, micro, t, model_kwargs=micro_cond)
+                return {k: v.float() for k, v in losses.items()}
 
             if last or self.world_size == 1:
                 losses = compute()
@@ -367,33 +432,31 @@ class TrainLoop:
                 loss.backward()
 
     def optimize_fp16(self) -> bool:
-        if any(p.grad is not None and not torch.isfinite(p.grad).all() for p in self.model_params):
+        # One fused reduction (one host sync) both detects overflow and gives the gradient norm.
+        scaled_norm = float(global_grad_norm(self.model_params))
+        if not math.isfinite(scaled_norm):
             self.lg_loss_scale -= 1
             logger.log(f"Found NaN/inf gradients, decreased lg_loss_scale to {self.lg_loss_scale}")
             return False
         model_grads_to_master_grads(self.model_params, self.master_params)
         for p in self.master_params:
             p.grad.mul_(1.0 / 2**self.lg_loss_scale)
-        self._step_optimizer()
+        self._step_optimizer(scaled_norm / 2**self.lg_loss_scale)
         master_params_to_model_params(self.model_params, self.master_params)
         self.lg_loss_scale += self.fp16_scale_growth
         return True
 
     def optimize_normal(self) -> bool:
-        self._step_optimizer()
+        self._step_optimizer(float(global_grad_norm(self.master_params)))
         return True
 
-    def _step_optimizer(self) -> None:
-        self._log_grad_norm()
+    def _step_optimizer(self, grad_norm: float) -> None:
+        logger.logkv_mean("grad_norm", grad_norm)
         self._anneal_lr()
         self.opt.step()
         with torch.no_grad():
             for rate, params in zip(self.ema_rate, self.ema_params):
                 update_ema(params, self.master_params, rate)
-
-    def _log_grad_norm(self) -> None:
-        sq = sum(float((p.grad.float() ** 2).sum()) for p in self.master_params if p.grad is not None)
-        logger.logkv_mean("grad_norm", math.sqrt(sq))
 
     def _anneal_lr(self) -> None:
         if not self.lr_anneal_steps:
@@ -422,6 +485,18 @@ def _strip_module_prefix(state: dict[str, Any]) -> dict[str, Any]:
     if state and all(k.startswith("module.") for k in state):
         return {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def _warn(message: str) -> None:
+    """A UserWarning and the same line in the run's log."""
+    warnings.warn(message, stacklevel=3)
+    logger.warn(f"WARNING: {message}")
+
+
+def _check_bool(**values: Any) -> None:
+    for name, value in values.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"trainer.{name} must be true or false, got {value!r}.")
 
 
 def _check_positive(**values: int) -> None:

@@ -2,6 +2,7 @@
 the public `.pt` files load with strict=True only if this tree matches theirs key for key."""
 from __future__ import annotations
 
+import itertools
 import math
 from abc import abstractmethod
 from typing import Optional, Sequence
@@ -123,9 +124,10 @@ class ResBlock(TimestepBlock):
         cond = self.emb_layers(emb).type(h.dtype)
         cond = cond.reshape(*cond.shape, *([1] * (h.ndim - cond.ndim)))
         if self.use_scale_shift_norm:
-            norm, rest = self.out_layers[0], self.out_layers[1:]
             scale, shift = torch.chunk(cond, 2, dim=1)
-            h = rest(norm(h) * (1 + scale) + shift)
+            h = self.out_layers[0](h) * (1 + scale) + shift
+            for layer in itertools.islice(self.out_layers, 1, None):  # no Sequential built per call
+                h = layer(h)
         else:
             h = self.out_layers(h + cond)
         return self.skip_connection(x) + h

@@ -41,7 +41,7 @@ def tiny_fixture(fixtures_dir: Path):
 
     flags = json.loads((fixtures_dir / "tiny_cifar_vlb.json").read_text())
     model = create_model(**flags["model"])
-    model.load_state_dict(torch.load(fixtures_dir / "tiny_cifar_vlb.pt", map_location="cpu"), strict=True)
+    model.load_state_dict(torch.load(fixtures_dir / "tiny_cifar_vlb.pt", map_location="cpu", weights_only=True), strict=True)
     model.eval()
     diffusion = create_gaussian_diffusion(**flags["diffusion"], timestep_respacing=flags["timestep_respacing"])
     values = dict(np.load(fixtures_dir / "tiny_cifar_vlb.npz"))
@@ -53,3 +53,9 @@ def wandb_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def shared_cifar_npz() -> Path:
+    """The decoded CIFAR-10 test set in ../shared/data (images: (N, 32, 32, 3) uint8)."""
+    return shared_path("data", "cifar10_jpeg_test.npz")

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import craystack as cs
-from bits_back_diffusion.batch_schedule import BatchSchedule, encode_batch, expand_runs, run_lengths
+from bits_back_diffusion.batch_schedule import GROWTH_MARGIN, BatchSchedule, encode_batch, expand_runs, run_lengths
 from bits_back_diffusion.bitswap import BITSWAP_PRECISIONS, BitSwapCodec
 from bits_back_diffusion.codec import initial_message
 from bits_back_diffusion.latent_model import DiffusionLatentModel
@@ -29,10 +29,10 @@ def test_growing_schedule_starts_with_one_image_and_fits_the_tail():
     assert schedule.next_size(100, empty) == 1  # nothing in the tail: one image at a time
     deep = cs.random_message(4 + 100, (4,), seed=0)
     tail = cs.tail_length(deep)
-    assert schedule.next_size(100, deep) == min(8, int(tail // (10 * 1.25)))
+    assert schedule.next_size(100, deep) == min(8, int(tail // (10 * GROWTH_MARGIN)))
     assert schedule.next_size(2, deep) == 2
     schedule.record(4, 80)  # a deficit of 20 words per image now
-    assert schedule.next_size(100, deep) == max(1, int(tail // 25))
+    assert schedule.next_size(100, deep) == max(1, int(tail // (20 * GROWTH_MARGIN)))
     again = BatchSchedule.from_dict(schedule.to_dict())
     assert again == schedule
 
@@ -104,3 +104,34 @@ def test_plan_refuses_a_head_outside_the_batch_naming_the_settings():
     for head in (0, 5):
         with pytest.raises(ValueError, match=rf"codec.lane_images={head} must lie in \[1, data.val.batch_size=4\]"):
             EncodePlan.build(images, 4, -1, 0, 1, {}, head_images=head)
+
+
+@given(remaining=st.integers(0, 400), max_batch=st.integers(1, 16), grow=st.booleans(),
+       words_per_image=st.one_of(st.none(), st.floats(0.5, 100.0)), tail=st.integers(0, 300),
+       gained=st.integers(-2, 30))
+@settings(max_examples=60, deadline=None)
+def test_predicted_sizes_are_what_next_size_would_choose(remaining, max_batch, grow, words_per_image, tail, gained):
+    """The progress bar's forecast runs the schedule's own rule on messages whose tail grows by
+    `gained` words per coded image: checked against next_size on real messages of those tails
+    (whole words, as in a real tail)."""
+    schedule = BatchSchedule(max_batch, grow, words_per_image)
+    predicted = schedule.predicted_sizes(remaining, tail, gained)
+    assert sum(predicted) == remaining and all(size >= 1 for size in predicted)
+    words, left = float(tail), remaining
+    bare = len(cs.flatten(cs.base_message((4,))))  # the words of a message with an empty tail
+    for size in predicted[:40]:
+        message = cs.random_message(bare + int(words), (4,), seed=0)
+        assert cs.tail_length(message) == int(words)
+        assert schedule.next_size(left, message) == size
+        left -= size
+        words += max(gained, 0.0) * size
+    assert schedule.sizes == []  # forecasting records nothing
+
+
+def test_predicted_sizes_of_fixed_and_growing_schedules():
+    assert BatchSchedule(4).predicted_sizes(10, 0, 0.0) == [4, 4, 2]
+    # a deficit of 10 words per image, 5 words gained per coded image
+    growing = BatchSchedule(4, grow=True, words_per_image=10.0)
+    sizes = growing.predicted_sizes(30, 0, 5.0)
+    assert sizes[:3] == [1, 1, 1] and sizes[-1] <= 4 and max(sizes) == 4 and sum(sizes) == 30
+    assert sizes == sorted(sizes[:-1]) + sizes[-1:]  # batches only grow (the last takes the rest)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 import craystack as cs
 from bits_back_diffusion.codec import BitsBackCodec, Precisions, initial_message, message_bits
+from bits_back_diffusion.compiled_codecs import BACKENDS
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from improved_diffusion.script_util import create_gaussian_diffusion, create_model
 
@@ -30,8 +31,8 @@ def tiny_unet():
     return net.eval()
 
 
-def roundtrip(latent_model, x, precisions=Precisions(), seed=0):
-    codec = BitsBackCodec(latent_model, precisions)
+def roundtrip(latent_model, x, precisions=Precisions(), seed=0, backend="numba"):
+    codec = BitsBackCodec(latent_model, precisions, backend=backend)
     msg0 = initial_message(codec, x.shape, seed)
     msg = codec.encode(msg0, x)
     back, decoded = codec.decode(msg, x.shape[0])
@@ -40,8 +41,9 @@ def roundtrip(latent_model, x, precisions=Precisions(), seed=0):
     return (message_bits(msg) - message_bits(msg0)) / x.size
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", ["zeros", "max", "noise", "checker"])
-def test_edge_case_images_roundtrip(tiny_unet, kind):
+def test_edge_case_images_roundtrip(tiny_unet, kind, backend):
     levels = 17
     rng = np.random.default_rng(1)
     x = {
@@ -51,7 +53,7 @@ def test_edge_case_images_roundtrip(tiny_unet, kind):
         "checker": (np.indices((3, 1, 8, 8)).sum(0) % 2) * (levels - 1),
     }[kind]
     lm = DiffusionLatentModel(tiny_unet, diffusion_for(6, levels), torch.device("cpu"))
-    roundtrip(lm, x)
+    roundtrip(lm, x, backend=backend)
 
 
 def test_one_model_evaluation_per_step(tiny_unet):
@@ -76,20 +78,22 @@ class ExtremeModel(torch.nn.Module):
         return torch.full((x.shape[0], 2 * x.shape[1], *x.shape[2:]), self.value)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("value", [0.0, 1.0, -1.0, 50.0, -1e4, 1e6])
 @pytest.mark.parametrize("clip", [True, False])
-def test_extreme_model_outputs_roundtrip(value, clip):
+def test_extreme_model_outputs_roundtrip(value, clip, backend):
     lm = DiffusionLatentModel(ExtremeModel(value), diffusion_for(5, 256), torch.device("cpu"), clip_denoised=clip)
     x = np.random.default_rng(2).integers(0, 256, (2, 3, 4, 4))
     x[0] = 0
     x[1, 0] = 255
-    roundtrip(lm, x)
+    roundtrip(lm, x, backend=backend)
 
 
-def test_nan_model_output_is_a_clear_error_and_leaves_message_untouched():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_model_output_is_a_clear_error_and_leaves_message_untouched(backend):
     lm = DiffusionLatentModel(ExtremeModel(float("nan")), diffusion_for(3, 256), torch.device("cpu"))
     x = np.zeros((1, 3, 4, 4), np.int64)
-    codec = BitsBackCodec(lm, Precisions())
+    codec = BitsBackCodec(lm, Precisions(), backend=backend)
     msg0 = initial_message(codec, x.shape, 0)
     snapshot = cs.flatten(msg0).copy()
     with pytest.raises(ValueError, match="nan"):
@@ -141,9 +145,10 @@ def test_property_roundtrip_any_levels_batch_and_precision(levels, batch, steps,
     roundtrip(lm, x, Precisions(*prec), seed=seed)
 
 
-def test_smaller_last_batch_uses_a_subset_of_lanes(tiny_unet):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_smaller_last_batch_uses_a_subset_of_lanes(tiny_unet, backend):
     lm = DiffusionLatentModel(tiny_unet, diffusion_for(4, 17), torch.device("cpu"))
-    codec = BitsBackCodec(lm, Precisions())
+    codec = BitsBackCodec(lm, Precisions(), backend=backend)
     full = np.random.default_rng(4).integers(0, 17, (3, 1, 8, 8))
     msg0 = initial_message(codec, full.shape, 0)
     msg = codec.encode(msg0, full)

@@ -17,6 +17,7 @@ from bits_back_diffusion.bitswap import (
     slot_key,
 )
 from bits_back_diffusion.codec import BitsBackCodec, Precisions, initial_message, message_bits
+from bits_back_diffusion.compiled_codecs import BACKENDS
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from bits_back_diffusion.vlb import batch_vlb
 from improved_diffusion.script_util import create_gaussian_diffusion
@@ -160,8 +161,10 @@ def test_bin_precision_check_names_the_fix():
         BitSwapCodec(lm, Precisions(prior_prec=25, latent_prec=28))
 
 
-def test_bad_batches_are_refused_clearly():
-    codec = BitSwapCodec(DiffusionLatentModel(ConvNet(), process(100, "5"), torch.device("cpu")), BITSWAP_PRECISIONS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_batches_are_refused_clearly(backend):
+    codec = BitSwapCodec(DiffusionLatentModel(ConvNet(), process(100, "5"), torch.device("cpu")), BITSWAP_PRECISIONS,
+                         backend=backend)
     message = cs.random_message(4 * 2 * 48, (2, 3, 4, 4))
     with pytest.raises(ValueError, match=r"does not fit a message head"):
         codec.encode(message, np.zeros((2, 3, 4, 5), np.int64))
@@ -177,12 +180,13 @@ def test_bad_batches_are_refused_clearly():
 
 # --- roundtrips --------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("respacing,num_levels", [("vlb100", 256), ("7", 17)])
-def test_roundtrip_edge_images(respacing, num_levels):
+def test_roundtrip_edge_images(respacing, num_levels, backend):
     """All-zero, all-max and noise images, the narrowest steps of 4000 (vlb100) and few levels."""
     diffusion = process(4000, respacing, num_levels)
     lm = DiffusionLatentModel(ConvNet(), diffusion, torch.device("cpu"))
-    codec = BitSwapCodec(lm, BITSWAP_PRECISIONS, track=True)
+    codec = BitSwapCodec(lm, BITSWAP_PRECISIONS, track=True, backend=backend)
     x = edge_images((3, 6, 5), num_levels)
     roundtrip(codec, x)
     assert lm.model_evals == 2 * diffusion.num_timesteps  # one model call per step each way
@@ -190,9 +194,10 @@ def test_roundtrip_edge_images(respacing, num_levels):
     assert trace["pop_bits"].shape == trace["push_bits"].shape == (1, diffusion.num_timesteps)
 
 
-def test_batches_of_different_sizes_decode_last_first():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batches_of_different_sizes_decode_last_first(backend):
     lm = DiffusionLatentModel(ConvNet(), process(1000, "10"), torch.device("cpu"))
-    codec = BitSwapCodec(lm, BITSWAP_PRECISIONS)
+    codec = BitSwapCodec(lm, BITSWAP_PRECISIONS, backend=backend)
     rng = np.random.default_rng(4)
     first, second = rng.integers(0, 256, (3, 3, 4, 4)), rng.integers(0, 256, (2, 3, 4, 4))
     start = initial_message(codec, first.shape, seed=1)
@@ -205,14 +210,15 @@ def test_batches_of_different_sizes_decode_last_first():
     assert cs.empty_pops(message) == 0
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("head_images", [1, 2])
-def test_batches_share_the_lanes_of_a_smaller_head(head_images):
+def test_batches_share_the_lanes_of_a_smaller_head(head_images, backend):
     """A batch of 3 on lanes for 1 or 2 images (groups coded in turn, the last one short) decodes
     exactly, with one model call per step each way, at the same rate as lanes for every image."""
     diffusion = process(4000, "vlb100")
     x = edge_images((3, 6, 5))
     lm = DiffusionLatentModel(ConvNet(), diffusion, torch.device("cpu"))
-    codec = BitSwapCodec(lm, BITSWAP_PRECISIONS)
+    codec = BitSwapCodec(lm, BITSWAP_PRECISIONS, backend=backend)
     start = initial_message(codec, (head_images,) + x.shape[1:], seed=3)
     encoded = codec.encode(start, x)
     assert lm.model_evals == diffusion.num_timesteps

@@ -16,12 +16,12 @@ import torch
 from PIL import Image
 
 from bits_back_diffusion.compressed import tiling_of
-from bits_back_diffusion.container import read_bbd
+import craystack as cs
+from bits_back_diffusion.container import framing_bytes, read_bbd
 from bits_back_diffusion.data import DataError, build_dataset
 from helpers import REPO_ROOT, decode_script, make_run_dir, read_pngs, run_script
 
-FAST = ["wandb.mode=disabled", "diffusion.timestep_respacing=4", "compare_classical=false",
-        "evaluator.compute_vlb=false"]
+FAST = ["wandb.mode=disabled", "diffusion.timestep_respacing=4", "evaluator.compute_vlb=false"]
 DIGITS = ["data=digits", "evaluator.num_samples=5", "data.val.batch_size=2"]
 
 
@@ -31,8 +31,9 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def encode(model_dir: Path, run_dir: Path, *extra: str, check: bool = True):
-    return run_script("encode.py", FAST + [f"evaluator.model_path={model_dir}", f"hydra.run.dir={run_dir}", *extra],
-                      check=check)
+    classical = [] if any(a.startswith("compare_classical=") for a in extra) else ["compare_classical=false"]
+    return run_script("encode.py", FAST + classical + [f"evaluator.model_path={model_dir}", f"hydra.run.dir={run_dir}",
+                                                        *extra], check=check)
 
 
 def digits(count: int) -> List[np.ndarray]:
@@ -51,9 +52,17 @@ def decode_via_encode_alias(args: List[str]) -> None:
 @pytest.mark.parametrize("codec", ["bitswap", "bbans"])
 def test_encode_then_decode_restores_the_images(model_dir, tmp_path, codec):
     run_dir, out = tmp_path / "run", tmp_path / "out"
-    encode(model_dir, run_dir, *DIGITS, f"codec={codec}")
+    encode(model_dir, run_dir, *DIGITS, f"codec={codec}", "compare_classical=true")
     results = json.loads((run_dir / "results.json").read_text())
     bbd = run_dir / "compressed.bbd"
+    blob = bbd.read_bytes()
+    assert str(model_dir).encode() not in blob and str(tmp_path).encode() not in blob  # nothing about this machine
+    # the last log line: the file's bytes, header included, next to the classical codecs' files
+    last = (run_dir / "log.txt").read_text().strip().splitlines()[-1]
+    assert f"rate_file {results['rate_file']:.4f} bits/dim ({bbd.stat().st_size:,} B, header included)" in last
+    png = results["classical_bytes"]["png_mosaic"]
+    assert f"PNG {8 * png / (5 * 64):.4f} ({png:,} B as one mosaic" in last
+    assert results["classical"]["png_mosaic"] == pytest.approx(8 * png / (5 * 64))
     assert results["roundtrip_ok"] is True and results["codec"] == codec
     assert results["compressed_files"] == [str(bbd)] and results["decode_input"] == str(bbd)
     assert results["compressed_bytes"] == bbd.stat().st_size
@@ -69,7 +78,10 @@ def test_encode_then_decode_restores_the_images(model_dir, tmp_path, codec):
     assert header.codec == codec
     assert header.precisions == {"prior_prec": prior, "latent_prec": latent, "obs_prec": obs}
     assert (header.num_images, header.batch_size, header.num_steps, header.respacing) == (5, 2, 4, "4")
-    assert header.tiling is None and header.extra["world_size"] == 1
+    assert header.tiling is None and (header.rank, header.world_size) == (0, 1)
+    assert header.checkpoint_name == "ema_0.9999_000000.pt" and header.data_name == "digits"
+    assert header.device.kind == "cpu" and header.device.torch_threads >= 1 and header.device.torch_version
+    assert len(blob) == framing_bytes(header) + 4 * len(cs.flatten(read_bbd(str(bbd))[1]))
 
     if codec == "bitswap":  # a fresh process, as a user runs it
         run_script("decode.py", [f"input={bbd}", f"output_dir={out}"])
@@ -128,3 +140,21 @@ def test_bitswap_bins_too_coarse_for_the_process_are_refused(model_dir, tmp_path
     assert proc.returncode != 0
     assert "codec=bitswap: prior_prec=8" in proc.stderr
     assert not list((tmp_path / "run").glob("encode-ckpt*"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_gpu_file_decodes_on_its_device_and_is_refused_on_the_cpu(model_dir, tmp_path):
+    """The runtime codes on the GPU when there is one; the file records it, decode.py defaults to
+    it, and decoding on the CPU is refused before the model runs, naming both devices."""
+    run_dir = tmp_path / "run"
+    encode(model_dir, run_dir, *DIGITS)
+    header, _ = read_bbd(str(run_dir / "compressed.bbd"))
+    assert header.device.kind == "cuda" and header.device.name == torch.cuda.get_device_name()
+    assert header.device.cuda_version and header.device.deterministic and not header.device.tf32
+    refused = run_script("decode.py", [f"input={run_dir}", f"output_dir={tmp_path / 'cpu'}", "device=cpu"], check=False)
+    assert refused.returncode == 2 and not (tmp_path / "cpu").exists()
+    assert f"encoded on cuda ({header.device.name}" in refused.stderr and "would run on cpu" in refused.stderr
+    run_script("decode.py", [f"input={run_dir}", f"output_dir={tmp_path / 'gpu'}"])
+    for got, want in zip(read_pngs(tmp_path / "gpu", range(5)), digits(5)):
+        np.testing.assert_array_equal(got, want)

@@ -94,23 +94,23 @@ def test_cifar_config_recursive_and_jpeg(tmp_path):
     assert ds[2].shape == (3, 32, 32)  # lossy jpeg: just check it loads
 
 
-def test_gray_and_rgba_become_rgb(tmp_path):
-    gray = rand_images(1, (32, 32), seed=2)[0]
-    rgba = rand_images(1, (32, 32, 4), seed=3)[0]
-    Image.fromarray(gray, mode="L").save(tmp_path / "a_gray.png")
-    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "b_rgba.png")
-    ds = build_dataset(config("cifar", val_dir=tmp_path), "val")
-    np.testing.assert_array_equal(ds[0], np.stack([gray] * 3))
-    np.testing.assert_array_equal(ds[1], rgba[..., :3].transpose(2, 0, 1))
+def test_gray_and_rgba_are_refused_for_an_rgb_model(tmp_path):
+    """Converting would drop the alpha channel (or code gray as RGB) while reporting a lossless roundtrip."""
+    Image.fromarray(rand_images(1, (32, 32), seed=2)[0], mode="L").save(tmp_path / "a_gray.png")
+    Image.fromarray(rand_images(1, (32, 32, 4), seed=3)[0], mode="RGBA").save(tmp_path / "b_rgba.png")
+    write_pngs(tmp_path, rand_images(1, (32, 32, 3), seed=4), ["c_rgb.png"])
+    with pytest.raises(DataError) as e:
+        build_dataset(config("cifar", val_dir=tmp_path), "val")
+    msg = str(e.value)
+    assert "2 of 3 image files" in msg and "c_rgb.png" not in msg
+    assert "a_gray.png: PNG gray 8-bit" in msg and "data.channels=1" in msg
+    assert "b_rgba.png: PNG RGBA 8-bit" in msg and "bits_back_diffusion.data.convert" in msg
 
 
-def test_single_channel_converts_to_luma(tmp_path):
-    rgb = rand_images(1, (8, 8, 3), seed=4)[0]
-    Image.fromarray(rgb).save(tmp_path / "x.png")
-    ds = build_dataset(config("folder", val_dir=tmp_path, channels=1, model_image_size=8), "val")
-    x = ds[0]
-    assert x.shape == (1, 8, 8)
-    np.testing.assert_array_equal(x[0], np.asarray(Image.fromarray(rgb).convert("L")))
+def test_rgb_is_refused_for_a_gray_model(tmp_path):
+    Image.fromarray(rand_images(1, (8, 8, 3), seed=4)[0]).save(tmp_path / "x.png")
+    with pytest.raises(DataError, match=r"x.png: PNG RGB 8-bit .*data.channels=1 codes gray"):
+        build_dataset(config("folder", val_dir=tmp_path, channels=1, model_image_size=8), "val")
 
 
 # ---------------------------------------------------------------- ImageNet layouts
@@ -255,16 +255,14 @@ def test_corrupt_image_names_path(tmp_path):
     write_pngs(tmp_path, rand_images(1, (32, 32, 3)))
     bad = tmp_path / "zz_bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    ds = build_dataset(config("cifar", val_dir=tmp_path), "val")
-    with pytest.raises(DataError, match="cannot read image .*zz_bad.png"):
-        ds.get_batch([0, 1])
+    with pytest.raises(DataError, match="zz_bad.png: unreadable, truncated or corrupt"):
+        build_dataset(config("cifar", val_dir=tmp_path), "val")  # every file is decoded up front
 
 
 def test_wrong_size_expected_vs_got(tmp_path):
     Image.new("RGB", (33, 31)).save(tmp_path / "odd.png")
-    ds = build_dataset(config("cifar", val_dir=tmp_path), "val")
     with pytest.raises(DataError) as e:
-        ds[0]
+        build_dataset(config("cifar", val_dir=tmp_path), "val")
     assert "expected a 32x32 image, got 33x31" in str(e.value) and "odd.png" in str(e.value)
 
 
@@ -374,8 +372,8 @@ def test_eval_start_batch_skips_without_loading():
 
 def test_eval_batches_errors_propagate(tmp_path):
     write_pngs(tmp_path, rand_images(3, (32, 32, 3)))
-    (tmp_path / "img_001.png").write_bytes(b"broken")
     ds = build_dataset(config("cifar", val_dir=tmp_path), "val")
+    (tmp_path / "img_001.png").write_bytes(b"broken")  # damaged after the up-front check
     with pytest.raises(DataError, match="img_001.png"):
         list(eval_batches(ds, 1, None))
 

@@ -6,13 +6,17 @@ import pytest
 import torch
 
 RTOL = 1e-4
+# Values below 5% of a tensor's largest are compared relative to that 5%: float32 results depend on
+# the CPU's kernels and summation order (an AVX512 AMD EPYC gave 7e-6 absolute differences on model
+# outputs up to 3.05, 2e-3 relative to a 1e-3 floor; 1.8e-4 at a 1e-2 floor; below 1e-4 at 3e-2).
+FLOOR = 5e-2
 
 
 def assert_close(ours: np.ndarray, ref: np.ndarray, what: str) -> None:
     ours = np.asarray(ours, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     assert ours.shape == ref.shape, f"{what}: shape {ours.shape} vs reference {ref.shape}"
-    scale = np.maximum(np.abs(ref), np.abs(ref).max() * 1e-3)
+    scale = np.maximum(np.abs(ref), np.abs(ref).max() * FLOOR)
     worst = float(np.max(np.abs(ours - ref) / scale))
     assert worst <= RTOL, f"{what}: relative error {worst:.2e} > {RTOL}"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -62,7 +63,32 @@ def subprocess_env() -> dict[str, str]:
 
 
 def load(path: Path):
-    return torch.load(path, map_location="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_identical(a, b, where: str = "") -> None:
+    """Nested checkpoint contents equal bit for bit (tensors by value, dtype and shape)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and (a.dtype, a.shape) == (b.dtype, b.shape), where
+        equal = torch.equal(a, b)
+        assert equal, f"{where}: max abs diff {(a.double() - b.double()).abs().max().item()}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_identical(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def assert_same_step(dir_a: Path, dir_b: Path, step: int, rates=("0.999",)) -> None:
+    """Model, EMA, optimizer and trainer state of `step` are bit-identical in two run dirs."""
+    names = [f"model{step:06d}.pt", *(f"ema_{r}_{step:06d}.pt" for r in rates), f"opt{step:06d}.pt", f"state{step:06d}.pt"]
+    for name in names:
+        assert_identical(load(dir_a / name), load(dir_b / name), name)
 
 
 # ---------------------------------------------------------------- train.py in-process
@@ -425,6 +451,13 @@ def test_sigkill_then_rerun_reaches_the_same_final_step(tmp_path):
     assert not (run_dir / "model000013.pt").exists()
     assert (run_dir / ".hydra" / "config.yaml").exists()
 
+    # The killed and resumed run ends bit-identical to an uninterrupted one (same thread count).
+    straight = tmp_path / "straight"
+    args[args.index(f"hydra.run.dir={run_dir}")] = f"hydra.run.dir={straight}"
+    done = subprocess.run(args, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_step(straight, run_dir, 12)
+
 
 MPI_SCRIPT = """
 import hashlib, json, os, sys
@@ -480,3 +513,72 @@ def test_mpiexec_two_ranks_train_identical_parameters(tmp_path):
         h.update(saved[name].numpy().tobytes())
     assert h.hexdigest() == ranks[0]["hash"]
     assert "batch 8 = 2 x 4" in (run_dir / "log.txt").read_text()
+
+
+# ---------------------------------------------------------------- GPU training options, checked on the CPU
+
+
+def _old_grad_norm(params) -> float:
+    """The per-parameter computation the fused one replaced (one host sync per parameter)."""
+    return math.sqrt(sum(float((p.grad.float() ** 2).sum()) for p in params if p.grad is not None))
+
+
+def test_fused_grad_norm_equals_the_per_parameter_sum():
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.zeros(shape)) for shape in [(3, 5), (7,), (2, 2, 3)]]
+    for p in params:
+        p.grad = torch.randn_like(p) * 100
+    assert float(fp16_util.global_grad_norm(params)) == pytest.approx(_old_grad_norm(params), rel=1e-6)
+    halves = [nn.Parameter(torch.zeros(4, dtype=torch.float16)) for _ in range(2)]
+    halves[0].grad = torch.full((4,), 60000.0, dtype=torch.float16)  # finite, but its square overflows float16
+    halves[1].grad = torch.ones(4, dtype=torch.float16)
+    assert float(fp16_util.global_grad_norm(halves)) == pytest.approx(_old_grad_norm(halves), rel=1e-6)
+    halves[1].grad[2] = float("inf")
+    assert not math.isfinite(float(fp16_util.global_grad_norm(halves)))
+
+
+def test_logged_grad_norm_equals_the_old_computation(tmp_path):
+    loop = _toy_loop(tmp_path, microbatch=-1)  # one step; the gradients are still on the parameters
+    with open(tmp_path / "progress.csv", newline="") as f:
+        logged = float(next(csv.DictReader(f))["grad_norm"])
+    assert logged == pytest.approx(_old_grad_norm(loop.master_params), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (("trainer.use_fp16=true", "trainer.bf16_autocast=true"), "use_fp16 and trainer.bf16_autocast are both on"),
+        (("trainer.allow_tf32=maybe",), "trainer.allow_tf32 must be true or false, got 'maybe'"),
+        (("trainer.bf16_autocast=1",), "trainer.bf16_autocast must be true or false, got 1"),
+    ],
+)
+def test_bad_precision_options_are_refused(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train.run(tiny_cfg(*overrides), run_dir=str(tmp_path))
+
+
+def test_precision_options_default_off_and_train_on_the_cpu(tmp_path):
+    trainer = tiny_cfg().trainer
+    assert trainer.allow_tf32 is False and trainer.bf16_autocast is False
+    with pytest.warns(UserWarning) as caught:
+        train.run(tiny_cfg("trainer.allow_tf32=true", "trainer.bf16_autocast=true", "trainer.max_steps=1"),
+                  run_dir=str(tmp_path))
+    messages = " ".join(str(w.message) for w in caught)
+    assert "allow_tf32=True has no effect on the CPU" in messages and "bf16_autocast=True on the CPU" in messages
+    assert not torch.backends.cuda.matmul.allow_tf32  # never switched on where it does nothing
+    with open(tmp_path / "progress.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert math.isfinite(float(row["loss"])) and math.isfinite(float(row["grad_norm"]))
+    assert all(v.dtype == torch.float32 for v in load(tmp_path / "model000001.pt").values())
+
+
+def test_pinned_batches_need_cuda():
+    from bits_back_diffusion.data import build_dataset, train_batches
+
+    ds = build_dataset(tiny_cfg().data, "train")
+    if torch.cuda.is_available():
+        x, _ = next(train_batches(ds, 4, pin_memory=True))
+        assert x.is_pinned()
+    else:
+        with pytest.raises(ValueError, match="pin_memory=True needs CUDA"):
+            train_batches(ds, 4, pin_memory=True)

@@ -52,7 +52,7 @@ def test_cifar_checkpoint_roundtrips_through_a_file_on_cpu(manifest, tmp_path):
     torch.save(model.state_dict(), path)
     del model
     reloaded = create_model(**flags)
-    reloaded.load_state_dict(torch.load(path, map_location="cpu"), strict=True)
+    reloaded.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     assert sum(p.numel() for p in reloaded.parameters()) == manifest["cifar10_uncond_vlb_50M_500K"]["num_params"]
 
 

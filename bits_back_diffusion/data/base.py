@@ -8,7 +8,7 @@ them once at the boundary instead of every consumer re-checking.
 from __future__ import annotations
 
 import abc
-from typing import Sequence
+from typing import List, Sequence
 
 import numpy as np
 
@@ -74,6 +74,16 @@ class ImageSet(abc.ABC):
         for row, i in enumerate(indices):
             out[row] = self[i]
         return out
+
+    def mismatches_on_disk(self, ids: Sequence[int], decoded: np.ndarray) -> List[str]:
+        """The items among `ids` whose `decoded` levels are not the pixels of their files as they are on
+        disk now, each described for an error message.
+
+        get_batch may transform a file (convert, resample, pad); this re-reads the file itself, so
+        a passing check means the original comes back. Datasets not read from picture files have
+        nothing to add to get_batch and return [].
+        """
+        return []
 
     def check(self, arr: np.ndarray, i: int) -> np.ndarray:
         """Validate one item's shape and level range; return it as uint8."""

@@ -10,6 +10,7 @@ from .digits import open_digits
 from .errors import DataError
 from .folder import FolderImageSet
 from .imagenet import open_imagenet
+from .scan import check_image_files
 from .tiles import open_folder
 
 SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val"}
@@ -78,8 +79,14 @@ def build_dataset(data_cfg: Mapping[str, Any], split: str) -> ImageSet:
     common = dict(name=name, image_size=image_size, channels=channels, num_levels=num_levels)
 
     if name == "imagenet":
-        return open_imagenet(data_dir, split=split, resize=resize, **common)
-    hint = _cifar_hint(data_dir) if name == "cifar" else _folder_hint(split)
-    if name == "folder" and not resize:  # pictures of other sizes are cut into tiles
-        return open_folder(data_dir, missing_hint=hint, **common)
-    return FolderImageSet(data_dir, resize=resize, missing_hint=hint, **common)
+        dataset = open_imagenet(data_dir, split=split, resize=resize, **common)
+    else:
+        hint = _cifar_hint(data_dir) if name == "cifar" else _folder_hint(split)
+        if name == "folder" and not resize:  # pictures of other sizes are cut into tiles; scans every file
+            return open_folder(data_dir, missing_hint=hint, **common)
+        dataset = FolderImageSet(data_dir, resize=resize, missing_hint=hint, **common)
+    if isinstance(dataset, FolderImageSet) and (name == "folder" or not resize):
+        # pictures read as they are must come back exactly: check every file before anything is coded
+        check_image_files(dataset.files, channels=channels, num_levels=num_levels, root=str(data_dir),
+                          image_size=None if resize else image_size)
+    return dataset

@@ -1,4 +1,4 @@
-"""The single exception type raised for problems with input data."""
+"""The exception types raised for problems with input data."""
 
 
 class DataError(ValueError):
@@ -8,3 +8,17 @@ class DataError(ValueError):
     meant for a person: it names the offending file or folder and, where possible,
     the command that fixes the problem.
     """
+
+
+class ImageFileError(DataError):
+    """One image file that cannot be coded losslessly.
+
+    Keeps the path, the reason and a kind of fix apart from the message, so that a folder scan can
+    list every bad file in one error and give each kind of fix once.
+    """
+
+    def __init__(self, message: str, path: str, reason: str, fix: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+        self.fix = fix

@@ -6,13 +6,13 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
 from .base import ImageSet
 from .errors import DataError
-from .images import IMAGE_EXTENSIONS, is_image_file, read_image
+from .images import IMAGE_EXTENSIONS, exact_pixels, is_image_file, read_image
 
 
 def list_image_files(root: "os.PathLike[str] | str") -> list[str]:
@@ -117,3 +117,27 @@ class FolderImageSet(ImageSet):
 
     def describe(self, i: int) -> str:
         return self.files[i]
+
+    def mismatches_on_disk(self, ids: Sequence[int], decoded: np.ndarray) -> List[str]:
+        if self.resize:  # pictures resampled on request: no file holds the coded pixels
+            return []
+        out = []
+        for i, levels in zip(ids, decoded):
+            path = self.files[self._index(i)]
+            try:
+                pixels = exact_pixels(path, self.channels)  # a fresh read of the file as it is now
+            except DataError as exc:
+                out.append(f"re-reading for the check: {exc}")
+                continue
+            difference = describe_difference(pixels, np.asarray(levels))
+            if difference:
+                out.append(f"{path}: {difference}")
+        return out
+
+
+def describe_difference(pixels: np.ndarray, levels: np.ndarray) -> str:
+    """'' when the decoded levels equal the file's pixels, else what differs."""
+    if pixels.shape != levels.shape:
+        return f"the file holds {pixels.shape} (C, H, W) samples, decoded {levels.shape}"
+    differ = int(np.count_nonzero(pixels != levels))
+    return f"{differ} of {pixels.size} samples differ from the file" if differ else ""

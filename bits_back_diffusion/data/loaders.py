@@ -139,15 +139,96 @@ def eval_batches(
         yield EvalBatch(index=b, ids=batch_ids, x=x)
 
 
-def _train_index_stream(n: int, rank: int, world_size: int, seed: int) -> Iterator[int]:
-    """Endless indices for one rank: each epoch is a fresh seeded permutation shared by
-    all ranks, of which rank r takes positions r, r+W, ... (so shards are disjoint
-    and equal-sized; the n % W leftover items sit out that epoch)."""
-    rng = np.random.default_rng(seed)
+def train_epoch_order(n: int, rank: int, world_size: int, seed: int, epoch: int) -> np.ndarray:
+    """Dataset indices rank `rank` trains on in epoch `epoch`, a function of (seed, epoch) only.
+
+    Each epoch is a permutation seeded by (seed, epoch) shared by all ranks, of which rank r takes
+    positions r, r+W, ... (shards are disjoint and equal-sized; the n % W leftover items sit out
+    that epoch). Not chaining one generator over epochs is what lets a resumed run start anywhere.
+    """
     usable = n - n % world_size
+    perm = np.random.default_rng([int(seed), int(epoch)]).permutation(n)[:usable]
+    return perm[rank::world_size]
+
+
+def _train_index_stream(n: int, rank: int, world_size: int, seed: int, start: int = 0) -> Iterator[int]:
+    """Endless indices for one rank, beginning `start` items into the stream."""
+    per_epoch = (n - n % world_size) // world_size
+    epoch, offset = divmod(int(start), per_epoch)
     while True:
-        perm = rng.permutation(n)[:usable]
-        yield from perm[rank::world_size].tolist()
+        yield from train_epoch_order(n, rank, world_size, seed, epoch)[offset:].tolist()
+        epoch, offset = epoch + 1, 0
+
+
+class TrainBatches:
+    """Infinite shuffled training batches as (float32 NCHW in [-1, 1], {}), resumable.
+
+    Matches improved-diffusion's ``load_data`` convention. Every batch is full; a batch may
+    straddle two epochs rather than dropping the remainder. `position` counts the items this rank
+    has been given; `seek(position)` restarts the stream there, so a resumed training run sees
+    the same batches as an uninterrupted one. With `pin_memory` (CUDA only) batches are pinned
+    on the loading thread, so the trainer's host-to-device copies can be asynchronous.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageSet,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        prefetch: int = 2,
+        pin_memory: bool = False,
+    ):
+        _check_rank(rank, world_size, batch_size)
+        if len(dataset) < world_size:
+            raise DataError(f"{dataset.name}: {len(dataset)} images cannot be sharded over {world_size} ranks")
+        if pin_memory:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError("pin_memory=True needs CUDA (pinned host memory only speeds up copies to a GPU)")
+        self.dataset, self.batch_size, self.rank, self.world_size = dataset, batch_size, rank, world_size
+        self.seed, self.prefetch, self.pin_memory = int(seed), prefetch, bool(pin_memory)
+        self.position = 0
+        self._batches: Optional[Iterator[tuple[Any, Any]]] = None
+
+    def seek(self, position: int) -> None:
+        """Continue with the item at `position` of this rank's stream (nothing is loaded until next())."""
+        if position < 0:
+            raise ValueError(f"position must be >= 0, got {position}")
+        self.close()
+        self.position = int(position)
+
+    def _start(self) -> Iterator[tuple[Any, Any]]:
+        stream = _train_index_stream(len(self.dataset), self.rank, self.world_size, self.seed, self.position)
+        size = self.batch_size
+
+        def jobs() -> Iterator[np.ndarray]:
+            while True:
+                yield np.fromiter((next(stream) for _ in range(size)), dtype=np.int64, count=size)
+
+        def load(idx: np.ndarray) -> "torch.Tensor":
+            x = to_model_input(self.dataset.get_batch(idx), self.dataset.num_levels)
+            return x.pin_memory() if self.pin_memory else x
+
+        return prefetched(load, jobs(), self.prefetch)
+
+    def __iter__(self) -> "TrainBatches":
+        return self
+
+    def __next__(self) -> tuple["torch.Tensor", dict[str, Any]]:
+        if self._batches is None:
+            self._batches = self._start()
+        _, x = next(self._batches)
+        self.position += self.batch_size
+        return x, {}
+
+    def close(self) -> None:
+        """Stop the loading thread (a later next() starts again at `position`)."""
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
 
 
 def train_batches(
@@ -157,24 +238,7 @@ def train_batches(
     world_size: int = 1,
     seed: int = 0,
     prefetch: int = 2,
-) -> Iterator[tuple["torch.Tensor", dict[str, Any]]]:
-    """Infinite shuffled training batches as (float32 NCHW in [-1, 1], {}).
-
-    Matches improved-diffusion's ``load_data`` convention. Every batch is full;
-    a batch may straddle two epochs rather than dropping the remainder.
-    """
-    _check_rank(rank, world_size, batch_size)
-    n = len(dataset)
-    if n < world_size:
-        raise DataError(f"{dataset.name}: {n} images cannot be sharded over {world_size} ranks")
-    stream = _train_index_stream(n, rank, world_size, seed)
-
-    def jobs() -> Iterator[np.ndarray]:
-        while True:
-            yield np.fromiter((next(stream) for _ in range(batch_size)), dtype=np.int64, count=batch_size)
-
-    def load(idx: np.ndarray) -> "torch.Tensor":
-        return to_model_input(dataset.get_batch(idx), dataset.num_levels)
-
-    for _, x in prefetched(load, jobs(), prefetch):
-        yield x, {}
+    pin_memory: bool = False,
+) -> TrainBatches:
+    """Infinite shuffled training batches of this rank (see `TrainBatches`)."""
+    return TrainBatches(dataset, batch_size, rank, world_size, seed, prefetch, pin_memory)

@@ -16,8 +16,9 @@ from PIL import Image
 
 from .base import ImageSet
 from .errors import DataError
-from .folder import FolderImageSet, list_image_files
-from .images import open_image, to_mode
+from .folder import FolderImageSet, describe_difference, list_image_files
+from .images import exact_pixels
+from .scan import check_image_files
 
 __all__ = [
     "ImageTiling",
@@ -138,25 +139,32 @@ def image_size_of(path: str) -> Tuple[int, int]:
             width, height = img.size
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
     return height, width
 
 
 class TiledImageSet(ImageSet):
-    """The tiles of a list of image files of any size, as an ImageSet of tile_size squares."""
+    """The tiles of a list of image files of any size, as an ImageSet of tile_size squares.
+
+    `sizes` ((height, width) per file, e.g. from the folder scan) saves reading every header again.
+    """
 
     def __init__(self, base_files: Sequence[str], tile_size: int, channels: int, num_levels: int,
-                 *, name: str = "folder", root: Optional[str] = None) -> None:
+                 *, name: str = "folder", root: Optional[str] = None,
+                 sizes: Optional[Sequence[Tuple[int, int]]] = None) -> None:
         super().__init__(name=name, image_size=tile_size, channels=channels, num_levels=num_levels)
         self.files = [os.fspath(f) for f in base_files]
         if not self.files:
             raise DataError(f"{name}: no image files to tile")
         self.root = root
-        self.grids = [tile_grid(*image_size_of(f), tile_size) for f in self.files]
+        if sizes is None:
+            sizes = [image_size_of(f) for f in self.files]
+        self.grids = [tile_grid(h, w, tile_size) for h, w in sizes]
         counts = np.array([g.num_tiles for g in self.grids], dtype=np.int64)
         self._ends = np.cumsum(counts)
         self._cached: Tuple[int, Optional[np.ndarray]] = (-1, None)
+        self._on_disk: Tuple[int, Optional[np.ndarray]] = (-1, None)  # for mismatches_on_disk only
 
     def __len__(self) -> int:
         return int(self._ends[-1])
@@ -169,10 +177,7 @@ class TiledImageSet(ImageSet):
     def _tiles_of(self, image: int) -> np.ndarray:
         if self._cached[0] != image:
             path = self.files[image]
-            img = to_mode(open_image(path), self.channels, path)
-            arr = np.asarray(img, dtype=np.uint8)
-            arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-            tiles, grid = split_image(arr, self.image_size)
+            tiles, grid = split_image(exact_pixels(path, self.channels), self.image_size)
             if grid != self.grids[image]:
                 raise DataError(f"{path} changed size while being read")
             self._cached = (image, tiles)
@@ -186,6 +191,31 @@ class TiledImageSet(ImageSet):
         image, k = self._locate(self._index(i))
         grid = self.grids[image]
         return f"{self.files[image]} tile (row {k // grid.cols}, col {k % grid.cols})"
+
+    def mismatches_on_disk(self, ids: Sequence[int], decoded: np.ndarray) -> List[str]:
+        """Each decoded tile against its part of the picture re-read from disk (the padding, which
+        decode.py crops off, is not compared)."""
+        out = []
+        t = self.image_size
+        for i, tile in zip(ids, decoded):
+            image, k = self._locate(self._index(i))
+            if self._on_disk[0] != image:
+                try:
+                    self._on_disk = (image, exact_pixels(self.files[image], self.channels))
+                except DataError as exc:
+                    out.append(f"re-reading for the check: {exc}")
+                    continue
+            picture, grid = self._on_disk[1], self.grids[image]
+            if picture.shape[1:] != (grid.height, grid.width):
+                out.append(f"{self.files[image]}: now {picture.shape[2]}x{picture.shape[1]}, coded as "
+                           f"{grid.width}x{grid.height} (width x height)")
+                continue
+            row, col = divmod(k, grid.cols)
+            part = picture[:, row * t:(row + 1) * t, col * t:(col + 1) * t]
+            difference = describe_difference(part, np.asarray(tile)[:, :part.shape[1], :part.shape[2]])
+            if difference:
+                out.append(f"{self.describe(i)}: {difference}")
+        return out
 
     def tiling_info(self, num_tiles: Optional[int] = None) -> TilingInfo:
         """The tiling of the pictures whose tiles are the first `num_tiles` (default: all)."""
@@ -204,9 +234,15 @@ class TiledImageSet(ImageSet):
 
 def open_folder(root: str, *, name: str, image_size: int, channels: int, num_levels: int,
                 missing_hint: str = "") -> ImageSet:
-    """A folder of pictures: a FolderImageSet when all have the model's size, else its tiles."""
+    """A folder of pictures: a FolderImageSet when all have the model's size, else its tiles.
+
+    Every file is decoded once first (check_image_files): a folder with any picture that cannot be
+    coded and restored exactly is refused before anything is coded.
+    """
     folder = FolderImageSet(root, name=name, image_size=image_size, channels=channels,
                             num_levels=num_levels, missing_hint=missing_hint)
-    if all(image_size_of(f) == (image_size, image_size) for f in folder.files):
+    sizes = check_image_files(folder.files, channels=channels, num_levels=num_levels, root=os.fspath(root))
+    if all(size == (image_size, image_size) for size in sizes):
         return folder
-    return TiledImageSet(folder.files, image_size, channels, num_levels, name=name, root=os.fspath(root))
+    return TiledImageSet(folder.files, image_size, channels, num_levels, name=name, root=os.fspath(root),
+                         sizes=sizes)

@@ -1,0 +1,160 @@
+"""Codec time per diffusion step: the NumPy reference vs the compiled codec (codec.backend).
+
+    python bench/codec_speed.py              # CIFAR-10 architecture, batch 16, vlb100 of 4000 steps
+    python bench/codec_speed.py --steps 3    # quick: only the first 3 respaced steps
+
+For each codec (bitswap with lanes for one image, bbans with lanes for the whole batch) and
+direction, the model runs once (its time per step is reported) and its outputs are recorded;
+the codec is then timed on the NumPy path and on the compiled path with 1 and 2 numba threads,
+replaying the recorded outputs, so every path codes the very same batch. All paths must give
+the same message (checked). Weights are random: the architecture sets the model's cost, and
+the codec's cost does not depend on the weights. Prints a markdown table and a JSON line.
+"""
+from __future__ import annotations
+
+import os
+
+# OpenMP threads that spin while they wait stall every compiled pass when other processes share
+# the cores (measured on the 2-core machine under load: 2 threads 15x slower than 1 when spinning,
+# 1.4x faster than 1 when waiting passively); set before torch loads libgomp, which numba shares.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import craystack as cs  # noqa: E402
+from bits_back_diffusion.codec import build_codec, codec_class, initial_message  # noqa: E402
+from bits_back_diffusion.latent_model import DiffusionLatentModel  # noqa: E402
+from improved_diffusion.script_util import create_gaussian_diffusion, create_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class RecordingModel(DiffusionLatentModel):
+    """Runs the network, timing it, and records every output (in call order) for replays; with
+    `steps` set, the process is cut to its first `steps` respaced steps."""
+
+    def __init__(self, *args, steps: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.steps = steps or self.diffusion.num_timesteps
+        self.calls, self.seconds, self.replay = [], 0.0, None
+
+    @property
+    def num_steps(self) -> int:
+        return self.steps
+
+    def _timed(self, name, fn, *args):
+        if self.replay is not None:
+            return self.replay.pop(0)
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        out = fn(*args)
+        sync()
+        self.seconds += time.perf_counter() - start
+        self.calls.append(out)
+        return out
+
+    def reverse(self, z, t):
+        return self._timed("reverse", super().reverse, z, t)
+
+    def posterior_top(self, x):
+        return self._timed("posterior_top", super().posterior_top, x)
+
+    def posterior(self, x, z_next, t_next):
+        return self._timed("posterior", super().posterior, x, z_next, t_next)
+
+
+def timed(codec, lm, fn, outputs, threads):
+    """Seconds of `fn()` on replayed model outputs with `threads` numba threads (and its result)."""
+    numba.set_num_threads(threads)
+    lm.replay = list(outputs)
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def bench_codec(name, model, diffusion, x, steps, device):
+    lm = RecordingModel(model, diffusion, device, steps=steps)
+    precisions = codec_class(name).default_precisions
+    codecs = {b: build_codec(name, lm, precisions, backend=b) for b in ("numpy", "numba")}
+    head = 1 if codecs["numpy"].shares_lanes else x.shape[0]
+    start = initial_message(codecs["numpy"], (head,) + x.shape[1:], seed=0)
+    rows = {}
+    with torch.no_grad():
+        encoded = codecs["numpy"].encode(start, x)  # runs and records the model
+    enc_model, enc_calls = lm.seconds, lm.calls
+    lm.calls, lm.seconds = [], 0.0
+    with torch.no_grad():
+        decoded, _ = codecs["numpy"].decode(encoded, x.shape[0])
+    dec_model, dec_calls = lm.seconds, lm.calls
+    # warm the compiled path up (loading or compiling its functions) before timing it
+    for threads in (1, 2):
+        timed(codecs["numba"], lm, lambda: codecs["numba"].encode(start, x), enc_calls, threads)
+        timed(codecs["numba"], lm, lambda: codecs["numba"].decode(encoded, x.shape[0]), dec_calls, threads)
+    for direction, model_s, calls, run in (
+        ("encode", enc_model, enc_calls, lambda c: c.encode(start, x)),
+        ("decode", dec_model, dec_calls, lambda c: c.decode(encoded, x.shape[0])[0]),
+    ):
+        reference = cs.flatten(encoded if direction == "encode" else decoded)
+        times = {}
+        for label, backend, threads in (("numpy", "numpy", 1), ("numba_1", "numba", 1), ("numba_2", "numba", 2)):
+            seconds, message = timed(codecs[backend], lm, lambda: run(codecs[backend]), calls, threads)
+            if not np.array_equal(cs.flatten(message), reference):
+                raise SystemExit(f"{name} {direction}: the {label} path gave a different message")
+            times[label] = seconds / steps
+        rows[direction] = dict(model=model_s / steps, **times)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="cifar10", help="a config/model/*.yaml name")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--respacing", default="vlb100")
+    parser.add_argument("--steps", type=int, default=0, help="time only the first N respaced steps (0: all)")
+    parser.add_argument("--codecs", default="bitswap,bbans")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda); the codec runs on CPU threads")
+    parser.add_argument("--json", default="", help="also write the results (and the settings) to this file")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    import yaml
+
+    flags = yaml.safe_load((ROOT / "config" / "model" / f"{args.model}.yaml").read_text())
+    torch.manual_seed(0)
+    model = create_model(**flags).eval().to(device)
+    diffusion = create_gaussian_diffusion(steps=4000, learn_sigma=True, noise_schedule="cosine", use_kl=True,
+                                          rescale_timesteps=True, timestep_respacing=args.respacing)
+    steps = args.steps or diffusion.num_timesteps
+    shape = (args.batch, flags.get("in_channels", 3), flags["image_size"], flags["image_size"])
+    x = np.random.default_rng(0).integers(0, 256, shape)
+    print(f"device={device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''} "
+          f"model={args.model} batch={args.batch} respacing={args.respacing} of 4000, timed steps={steps}, "
+          f"CPU threads={torch.get_num_threads()} (torch), numba threads={numba.config.NUMBA_NUM_THREADS}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+    results = {}
+    print("| codec | direction | model ms/step | NumPy ms/step | compiled 1 thread | compiled 2 threads "
+          "| NumPy / compiled 1T | 1T / 2T | codec (2T) / model |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in args.codecs.split(","):
+        results[name] = bench_codec(name, model, diffusion, x, steps, device)
+        for direction, r in results[name].items():
+            print(f"| {name} | {direction} | {1e3 * r['model']:.1f} | {1e3 * r['numpy']:.1f} | "
+                  f"{1e3 * r['numba_1']:.1f} | {1e3 * r['numba_2']:.1f} | {r['numpy'] / r['numba_1']:.2f} | "
+                  f"{r['numba_1'] / r['numba_2']:.2f} | {r['numba_2'] / r['model']:.3f} |", flush=True)
+    print(json.dumps(results))
+    if args.json:
+        settings = {"device": str(device), "model": args.model, "batch": args.batch, "respacing": args.respacing,
+                    "steps": steps, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+        Path(args.json).write_text(json.dumps({"settings": settings, "seconds_per_step": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

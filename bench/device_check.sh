@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The accelerator checks of issues 13/14 as one script, for a bare GPU machine that has torch (and
+# numba, scipy, pytest) but not the project's other dependencies.
+#
+#   bench/device_check.sh OUT_DIR [WHEEL_DIR]      # on the GPU machine (DEVICE=cuda, the default)
+#   DEVICE=cpu bench/device_check.sh /tmp/check    # the same end to end on a CPU, before it meets a GPU
+#
+# WHEEL_DIR holds the missing pure-Python dependencies as wheels (bench/fetch_device_wheels.sh makes
+# it); they are installed with `pip --no-index` into a private folder. Writes env.json, one log per
+# step, codec_speed.json and summary.json to OUT_DIR. Each step has its own time limit so the whole
+# script ends within 8 minutes; a step that fails or times out is recorded and the rest still run.
+set -uo pipefail
+OUT_DIR=${1:?usage: bench/device_check.sh OUT_DIR [WHEEL_DIR]}
+WHEEL_DIR=${2:-}
+DEVICE=${DEVICE:-cuda}
+IMAGES=${BBD_GPU_IMAGES:-64}
+cd "$(dirname "$0")/.."
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+
+if [ -n "$WHEEL_DIR" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/bbd-site "$WHEEL_DIR"/*.whl >"$OUT_DIR/install.log" 2>&1 \
+    || { echo "wheel install failed: see $OUT_DIR/install.log"; exit 2; }
+  export PYTHONPATH=/tmp/bbd-site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
+
+python3 - "$OUT_DIR/env.json" "$DEVICE" <<'PY'
+import json, os, sys
+import torch
+info = {"device": sys.argv[2], "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
+        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "cpus": os.cpu_count()}
+if torch.cuda.is_available():
+    info["gpu"] = torch.cuda.get_device_name(0)
+try:
+    import numba
+    info["numba"] = numba.__version__
+except ImportError:
+    info["numba"] = None
+json.dump(info, open(sys.argv[1], "w"), indent=1)
+print(json.dumps(info))
+PY
+if [ "$DEVICE" != "cpu" ] && ! python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "DEVICE=$DEVICE but torch sees no CUDA device"; exit 2
+fi
+
+declare -A RC SECONDS_TAKEN
+step() {  # step NAME LIMIT_S COMMAND...
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  echo "== $name (limit ${limit}s): $*"
+  timeout "$limit" "$@" >"$OUT_DIR/$name.log" 2>&1
+  RC[$name]=$?
+  SECONDS_TAKEN[$name]=$(( $(date +%s) - t0 ))
+  tail -n 15 "$OUT_DIR/$name.log"
+  echo "== $name: exit ${RC[$name]} after ${SECONDS_TAKEN[$name]} s"
+}
+
+# 1. the tests marked gpu (on DEVICE): exact, repeatable roundtrip of $IMAGES CIFAR-shaped images, ...
+step gpu_tests 270 env BBD_TEST_DEVICE="$DEVICE" BBD_GPU_IMAGES="$IMAGES" \
+    python3 -m pytest -m gpu tests -q -p no:cacheprovider -o addopts="" -rA
+# 2. codec vs model time per step, CIFAR-10 architecture, batch 16, both backends and codecs
+step codec_speed 180 python3 bench/codec_speed.py --device "$DEVICE" --steps "${SPEED_STEPS:-3}" \
+    --json "$OUT_DIR/codec_speed.json"
+
+python3 - "$OUT_DIR" "${RC[gpu_tests]}" "${SECONDS_TAKEN[gpu_tests]}" "${RC[codec_speed]}" \
+    "${SECONDS_TAKEN[codec_speed]}" <<'PY'
+import json, os, sys
+out = sys.argv[1]
+summary = {"env": json.load(open(os.path.join(out, "env.json"))),
+           "gpu_tests": {"exit": int(sys.argv[2]), "seconds": int(sys.argv[3])},
+           "codec_speed": {"exit": int(sys.argv[4]), "seconds": int(sys.argv[5])}}
+path = os.path.join(out, "codec_speed.json")
+if os.path.isfile(path):
+    summary["codec_speed"]["results"] = json.load(open(path))
+summary["ok"] = summary["gpu_tests"]["exit"] == 0 and summary["codec_speed"]["exit"] == 0
+json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
+print("summary:", json.dumps({k: v for k, v in summary.items() if k != "env"})[:2000])
+PY
+[ "${RC[gpu_tests]}" = 0 ] && [ "${RC[codec_speed]}" = 0 ]

@@ -1,0 +1,806 @@
+"""The compiled codec (`codec.backend=numba`, the default): every step's coding of a batch as a
+constant number of compiled passes over the ANS lanes, for Bit-Swap and BB-ANS.
+
+Per diffusion step and whatever the batch size and number of lane groups, Bit-Swap encode is
+two compiled calls (pop z_t from q for every lane group; push z_{t-1} with p, or x with the data
+likelihood at t = 0, for every group) plus one for the top prior at the end; decode mirrors it.
+BB-ANS is one call per pop or push of a whole batch. Inside a call the lane groups are coded in
+order; within a group the per-lane work (CDF values, guesses, symbol searches) runs in parallel
+over lanes (numba prange), and each CDF value is computed once, on the branch that is taken.
+
+Design, and why:
+
+* Same message format as the NumPy path (`codec.backend=numpy`), bit for bit: one shared tail,
+  words moved in lane order. Per-lane word stacks (what GPU rANS coders use) would remove the
+  ordering between lanes, but a file would then need per-lane lengths and a new layout, and
+  each lane's partly filled last word would cost overhead; on the CPU the ordered part, one
+  sequential scan per codec level that copies the overflowing lanes' words, is a short integer
+  loop next to the CDF work of the parallel passes, so it is kept. The NumPy path stays the
+  reference: tests check equal symbols, equal messages and equal traces on hostile inputs,
+  empty tails (borrowing and giving back) and any lane groups.
+* Speed: the special functions (about 14 ndtr/ndtri calls per lane per Bit-Swap step, against
+  about 26 passes on the NumPy path by issue 13's count, which evaluates both branches of its
+  np.where) set the floor for both paths; exactness forbids cheaper approximations of them. Helpers that
+  take tables are inlined (a call that passes an array costs two atomic reference-count
+  updates, which measured about half the time of a whole pass).
+* Determinism: the compiled code performs the reference's float operations in the same order
+  (IEEE +, -, *, /, floor, no fastmath, so no contraction into fused multiply-adds) and calls
+  scipy's own ndtr/ndtri C functions (craystack.compiled.special), so the decoder computes the
+  very same CDF values as the encoder and as the NumPy path. Lanes never share a float
+  computation and the word scans are sequential, so results do not depend on the number of
+  threads (numba.set_num_threads; tested with 1 and 2).
+* State: a craystack Message is converted once per batch to buffers
+  (craystack.compiled.CompiledMessage; the untouched bottom of the tail is not copied) and back
+  at the end, so checkpoints, files and every caller keep working on Messages.
+* Validation stays in Python before each phase (cheap whole-array checks; on failure the
+  reference's own checks run on the offending group to raise its exact error), so bad model
+  outputs are refused with the same messages as on the NumPy path.
+* Devices: this is CPU code. A CUDA build (numba-cuda or Triton kernels with per-lane stacks)
+  is not here: no GPU was available to develop and test it. When the model runs on CUDA its
+  outputs are copied to the host (`latent_model`) and coded here.
+* Memory: Bit-Swap's fine bin table (2**20 doubles) does not fit in cache; each lane reads its
+  entries a few lanes ahead (`_touch`) so that the reads overlap with CDF work instead of
+  stalling it. Per group a pop is two parallel passes (coarse bin plus, where no refill is
+  needed, the sub-bin's guess; then the sub-bin) with a word scan after each; a push is one.
+* Threads: numba's OpenMP pool is libgomp's, shared with torch. Its threads spin while they
+  wait, which on a machine whose cores are busy with other work stalls every pass (measured on
+  2 busy cores: 2 threads 15x slower than 1); OMP_WAIT_POLICY=PASSIVE in the environment
+  avoids it (there: 1.4x faster than 1 thread). Small groups (< kernels.PARALLEL_MIN_LANES
+  lanes) always run single-threaded.
+* Compilation: numba caches the compiled functions on disk (`cache=True`, next to the sources);
+  the first run in a fresh checkout compiles them once (measured on this 2-core machine: about
+  40 s of CPU time for all kernels in both builds), later processes load them from the cache.
+"""
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import numpy as np
+from numba import prange
+
+import craystack as cs
+from craystack import _checks
+from craystack.compiled import (HEAD_MIN, KIND_DISCRETIZED, KIND_GAUSSIAN_BINS, KIND_STD, KIND_SUB_BINS,
+                                STATUS_BAD_CDF, STATUS_NOT_INCREASING, CompiledMessage, lane_cdf, lane_guess, mix32,
+                                pop_flagged, pop_state, push_flagged, push_renorm, push_state, quantized_guess,
+                                quantized_interval,
+                                quantized_pop, std_cdf_raw, sub_bin_setup)
+from craystack.compiled.kernels import compiled, lane_kernel
+from craystack.compiled.phases import (first_status, quantized_pop_groups, quantized_push_groups,
+                                       uniform_pop_groups, uniform_push_groups)
+
+__all__ = ["BACKENDS", "check_backend", "bitswap_encode", "bitswap_decode", "bbans_encode", "bbans_decode"]
+
+BACKENDS = ("numba", "numpy")
+_EPS_BITSWAP = 2.0 ** -40  # bitswap._CDF_EPS
+_EPS_CRAYSTACK = 2.0 ** -44  # craystack.gaussian._EPS
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_U37 = np.uint64(37)
+_STATUS_ZERO_Q = 4  # a latent of zero probability under q (the message is not from this encoder)
+
+
+def check_backend(backend: str) -> str:
+    """The codec backend name, or a ValueError naming the choices."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown codec backend {backend!r}; choose one of {', '.join(BACKENDS)} "
+                         f"(codec.backend=<name>)")
+    return backend
+
+
+# --- Bit-Swap's q: no frequency floor, keyed slots (bitswap._unfloored_codec, slot_key) ----------------
+
+@compiled(inline="always")
+def _slot_offset(q, lane, salt):
+    """bitswap.slot_key: a hash of the lane's quotient and position (salt from `_salt`)."""
+    return mix32((q ^ (np.uint64(lane) << _U37)) * _GOLDEN + salt)
+
+
+@compiled(inline="always")
+def _ucum(kind, idx, edges, mu, sd, n, base, upper, ref, mass, flat, total_f, total):
+    """bitswap._unfloored_codec's cum: floor(CDF * 2**prec), 0 and 2**prec at the ends."""
+    if idx <= 0:
+        return np.uint64(0)
+    if idx >= n:
+        return total
+    denom = 1.0 + n * _EPS_BITSWAP
+    g = lane_cdf(kind, idx, edges, mu, sd, 0.0, 0.0, n, _EPS_BITSWAP, denom, base, upper, ref, mass, flat)
+    return np.uint64(math.floor(g * total_f))
+
+
+@compiled
+def _uguess(kind, cf, mu, sd, n, bin_scale, base, upper, ref, mass, flat, total_f):
+    """bitswap._unfloored_codec's first estimate of the symbol of cf."""
+    v = math.floor(lane_guess(kind, (float(cf) + 0.5) / total_f, mu, sd, 0.0, 0.0, n, bin_scale, base, upper, ref,
+                              mass, flat))
+    if math.isnan(v):
+        v = 0.0
+    return np.int64(min(max(v, 0.0), float(n - 1)))
+
+
+@compiled(inline="always")
+def _upop(kind, cf, sym, edges, mu, sd, n, base, upper, ref, mass, flat, total_f, total):
+    """bitswap._unfloored_codec's pop for one lane from the estimate sym: check, and a binary
+    search on a miss; (symbol, start, end)."""
+    start = _ucum(kind, sym, edges, mu, sd, n, base, upper, ref, mass, flat, total_f, total)
+    end = _ucum(kind, sym + 1, edges, mu, sd, n, base, upper, ref, mass, flat, total_f, total)
+    if cf < start or cf >= end:
+        lo = 0
+        size = n
+        while size > 1:
+            half = size >> 1
+            mid = lo + half
+            if _ucum(kind, mid, edges, mu, sd, n, base, upper, ref, mass, flat, total_f, total) <= cf:
+                lo = mid
+            size -= half
+        sym = lo
+        start = _ucum(kind, sym, edges, mu, sd, n, base, upper, ref, mass, flat, total_f, total)
+        end = _ucum(kind, sym + 1, edges, mu, sd, n, base, upper, ref, mass, flat, total_f, total)
+    return sym, start, end
+
+
+_NAN = np.nan
+
+
+@compiled(inline="always")
+def _ucum_std(idx, edges, mu, sd, n, total_f, total):
+    """`_ucum` of KIND_STD, with the standardized edge and its ndtr (NaN z off the table)."""
+    if idx <= 0:
+        return np.uint64(0), _NAN, _NAN
+    if idx >= n:
+        return total, _NAN, _NAN
+    g, z, r = std_cdf_raw(idx, edges, mu, sd, _EPS_BITSWAP, 1.0 + n * _EPS_BITSWAP)
+    return np.uint64(math.floor(g * total_f)), z, r
+
+
+@compiled(inline="always")
+def _upop_std(cf, sym, edges, mu, sd, n, total_f, total):
+    """`_upop` of KIND_STD, also returning the edges and ndtr values of the final interval."""
+    start, z0, r0 = _ucum_std(sym, edges, mu, sd, n, total_f, total)
+    end, z1, r1 = _ucum_std(sym + 1, edges, mu, sd, n, total_f, total)
+    if cf < start or cf >= end:
+        lo = 0
+        size = n
+        while size > 1:
+            half = size >> 1
+            mid = lo + half
+            if _ucum_std(mid, edges, mu, sd, n, total_f, total)[0] <= cf:
+                lo = mid
+            size -= half
+        sym = lo
+        start, z0, r0 = _ucum_std(sym, edges, mu, sd, n, total_f, total)
+        end, z1, r1 = _ucum_std(sym + 1, edges, mu, sd, n, total_f, total)
+    return sym, start, end, z0, r0, z1, r1
+
+
+@compiled(inline="always")
+def _qcum_std(idx, edges, mu, sd, n, k, total):
+    """craystack's quantized C(idx) of DiagGaussian_StdBins (`quantized_cum`), with the edge and
+    its ndtr value; (C, status, z, r)."""
+    if idx <= 0:
+        return np.uint64(0), 0, _NAN, _NAN
+    if idx >= n:
+        return total, 0, _NAN, _NAN
+    f, z, r = std_cdf_raw(idx, edges, mu, sd, _EPS_CRAYSTACK, 1.0 + n * _EPS_CRAYSTACK)
+    if not (f >= 0.0 and f <= 1.0):
+        return np.uint64(0), STATUS_BAD_CDF, z, r
+    return np.uint64(f * k) + np.uint64(idx), 0, z, r
+
+
+@compiled
+def _first_error(stat, count, off):
+    """Like `first_status`, but a sub-bin error (> 8) first: the reference pushes every lane's
+    sub-bin before any coarse bin."""
+    for lane in range(count):
+        if stat[lane] > 8:
+            return stat[lane], off + lane
+    return first_status(stat, count, off)
+
+
+@compiled(inline="always")
+def _keyed_cf(x, lane, prec, keyed, salt):
+    mask = (np.uint64(1) << np.uint64(prec)) - np.uint64(1)
+    if not keyed:
+        return x & mask
+    off = _slot_offset(x >> np.uint64(prec), lane, salt)
+    return ((x & mask) + (mask + np.uint64(1) - (off & mask))) & mask
+
+
+_AHEAD = 8  # lanes ahead whose fine-table entries a lane reads early (see `_touch`)
+
+
+@compiled(inline="always")
+def _touch(edges, i):
+    """Read the fine table at i and i + 1 for a lane _AHEAD lanes further on: the table (2**20
+    doubles) does not fit in cache, and a read right before its use would wait for memory,
+    while this one overlaps with the current lane's work. Returns the sum to keep the reads."""
+    return edges[i] + edges[i + 1]
+
+
+class _Scratch:
+    """Per-lane buffers of the phases (one group's worth)."""
+
+    def __init__(self, width: int):
+        self.words = np.zeros(width, dtype=np.uint64)
+        self.words2 = np.zeros(width, dtype=np.uint64)
+        self.flags = np.zeros(width, dtype=np.bool_)
+        self.flags2 = np.zeros(width, dtype=np.bool_)
+        self.stat = np.zeros(width, dtype=np.int64)
+        self.coarse = np.zeros(width, dtype=np.int64)
+        self.guess = np.zeros(width, dtype=np.int64)
+        self.seen = np.zeros(width, dtype=np.float64)
+        self.ref = np.zeros(width, dtype=np.float64)
+        self.mass = np.zeros(width, dtype=np.float64)
+        self.upper = np.zeros(width, dtype=np.bool_)
+        self.flat = np.zeros(width, dtype=np.bool_)
+
+
+@lane_kernel
+def _q_pop(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
+           salt_f, out, flags, coarse, guess, seen, s_ref, s_mass, s_upper, s_flat):
+    """Pop z_t from q(z_t | z_{t-1}) (bitswap.sampled_latent_codec) on every lane group: per
+    group one pass for the coarse bin (and, where the lane needs no refill, the sub-bin's
+    guess), the refill scan, one pass for the sub-bin, the refill scan."""
+    nc = edges_c.size - 1
+    nf = 1 << fine_bits
+    total = np.uint64(1) << np.uint64(prec)
+    total_f = float(total)
+    bin_scale = float(edges_f.size - 1)
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in prange(count):
+            p = off + lane
+            x = head[lane]
+            cf = _keyed_cf(x, lane, prec, keyed, salt_c)
+            s0 = _uguess(KIND_STD, cf, mu[p], sd[p], nc, 0.0, 0, False, 0.0, 1.0, False, total_f)
+            c, start, end, z0, r0, z1, r1 = _upop_std(cf, s0, edges_c, mu[p], sd[p], nc, total_f, total)
+            x = pop_state(x, cf, start, end - start, prec)
+            head[lane] = x
+            flags[lane] = x < HEAD_MIN
+            coarse[lane] = c
+            if fine_bits:
+                upper, ref, mass, flat = sub_bin_setup(bounds, mu[p], sd[p], c, z0, r0, z1, r1)
+                s_upper[lane], s_ref[lane], s_mass[lane], s_flat[lane] = upper, ref, mass, flat
+                if x >= HEAD_MIN:
+                    cf = _keyed_cf(x, lane, prec, keyed, salt_f)
+                    guess[lane] = _uguess(KIND_SUB_BINS, cf, mu[p], sd[p], nf, bin_scale, c << fine_bits, upper, ref,
+                                          mass, flat, total_f)
+        if pop_flagged(head, flags, count, buf, meta):
+            return -1
+        if fine_bits == 0:
+            for lane in prange(count):
+                out[off + lane] = coarse[lane]
+            continue
+        for lane in prange(count):
+            p = off + lane
+            ahead = lane + _AHEAD
+            if ahead < count:
+                seen[lane] = _touch(edges_f, (coarse[ahead] << fine_bits) + guess[ahead])
+            base = coarse[lane] << fine_bits
+            x = head[lane]
+            cf = _keyed_cf(x, lane, prec, keyed, salt_f)
+            first = guess[lane]  # (not written in this pass: lanes ahead read it)
+            if flags[lane]:  # refilled: its guess needed the new state
+                first = _uguess(KIND_SUB_BINS, cf, mu[p], sd[p], nf, bin_scale, base, s_upper[lane], s_ref[lane],
+                                s_mass[lane], s_flat[lane], total_f)
+            s, start, end = _upop(KIND_SUB_BINS, cf, first, edges_f, mu[p], sd[p], nf, base, s_upper[lane],
+                                  s_ref[lane], s_mass[lane], s_flat[lane], total_f, total)
+            x = pop_state(x, cf, start, end - start, prec)
+            head[lane] = x
+            flags[lane] = x < HEAD_MIN
+            out[p] = base | s
+        if pop_flagged(head, flags, count, buf, meta):
+            return -1
+    return 0
+
+
+@lane_kernel
+def _q_push(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
+            salt_f, symbols, words, flags, words2, flags2, stat, seen):
+    """Push z_t back with q (decode): the sub-bin, then the coarse bin, on every lane group."""
+    nc = edges_c.size - 1
+    nf = 1 << fine_bits
+    total = np.uint64(1) << np.uint64(prec)
+    total_f = float(total)
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in prange(count):
+            p = off + lane
+            s = symbols[p]
+            c = s >> fine_bits
+            x = head[lane]
+            stat[lane] = 0
+            flags[lane] = False
+            start_c, z0, r0 = _ucum_std(c, edges_c, mu[p], sd[p], nc, total_f, total)
+            end_c, z1, r1 = _ucum_std(c + 1, edges_c, mu[p], sd[p], nc, total_f, total)
+            if fine_bits:
+                if lane + _AHEAD < count:
+                    t = symbols[p + _AHEAD]
+                    seen[lane] = _touch(edges_f, (min(max(t >> fine_bits, 0), nc - 1) << fine_bits) + (t & (nf - 1)))
+                cc = min(max(c, 0), nc - 1)
+                base = cc << fine_bits
+                if cc != c:
+                    z0 = z1 = _NAN
+                upper, ref, mass, flat = sub_bin_setup(bounds, mu[p], sd[p], cc, z0, r0, z1, r1)
+                f = s & (nf - 1)
+                start = _ucum(KIND_SUB_BINS, f, edges_f, mu[p], sd[p], nf, base, upper, ref, mass, flat, total_f, total)
+                end = _ucum(KIND_SUB_BINS, f + 1, edges_f, mu[p], sd[p], nf, base, upper, ref, mass, flat, total_f,
+                            total)
+                if not end > start:
+                    stat[lane] = _STATUS_ZERO_Q
+                    continue
+                freq = end - start
+                x, over, word = push_renorm(x, freq, prec)
+                q = x // freq
+                key = _slot_offset(q, lane, salt_f) if keyed else np.uint64(0)
+                x = push_state(x, q, start, freq, prec, key)
+                flags[lane] = over
+                words[lane] = word
+            if not end_c > start_c:
+                stat[lane] = _STATUS_ZERO_Q
+                continue
+            freq = end_c - start_c
+            x, over, word = push_renorm(x, freq, prec)
+            q = x // freq
+            key = _slot_offset(q, lane, salt_c) if keyed else np.uint64(0)
+            head[lane] = push_state(x, q, start_c, freq, prec, key)
+            flags2[lane] = over
+            words2[lane] = word
+        status, where = first_status(stat, count, off)
+        if status:
+            return status, where
+        push_flagged(words, flags, count, buf, meta)
+        push_flagged(words2, flags2, count, buf, meta)
+    return 0, -1
+
+
+# --- Bit-Swap's p: floored two-level code (bitswap.model_latent_codec) -----------------------------------
+
+@lane_kernel
+def _p_push(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, symbols, words,
+            flags, words2, flags2, stat, seen):
+    """Push z_{t-1} with p(z_{t-1} | z_t) on every lane group: the sub-bin (bitswap sub-bins),
+    then the coarse bin (DiagGaussian_StdBins)."""
+    nc = edges_c.size - 1
+    nf = 1 << fine_bits
+    total = np.uint64(1) << np.uint64(prec)
+    k_c = float((1 << prec) - nc)
+    k_f = float((1 << prec) - nf)
+    denom_f = 1.0 + nf * _EPS_BITSWAP
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in prange(count):
+            p = off + lane
+            s = symbols[p]
+            c = s >> fine_bits
+            x = head[lane]
+            stat[lane] = 0
+            flags[lane] = False
+            start_c, st0, z0, r0 = _qcum_std(c, edges_c, mu[p], sd[p], nc, k_c, total)
+            end_c, st1, z1, r1 = _qcum_std(c + 1, edges_c, mu[p], sd[p], nc, k_c, total)
+            st_c = max(st0, st1)
+            if st_c == 0 and not end_c > start_c:
+                st_c = STATUS_NOT_INCREASING
+            if fine_bits:
+                if lane + _AHEAD < count:
+                    t = symbols[p + _AHEAD]
+                    seen[lane] = _touch(edges_f, (min(max(t >> fine_bits, 0), nc - 1) << fine_bits) + (t & (nf - 1)))
+                cc = min(max(c, 0), nc - 1)
+                base = cc << fine_bits
+                if cc != c:
+                    z0 = z1 = _NAN
+                upper, ref, mass, flat = sub_bin_setup(bounds, mu[p], sd[p], cc, z0, r0, z1, r1)
+                start, end, st = quantized_interval(KIND_SUB_BINS, s & (nf - 1), edges_f, mu[p], sd[p], 0.0, 0.0, nf,
+                                                    _EPS_BITSWAP, denom_f, base, upper, ref, mass, flat, k_f, total)
+                if st:
+                    stat[lane] = 8 + st  # 8 +: the sub-bin codec
+                    continue
+                freq = end - start
+                x, over, word = push_renorm(x, freq, prec)
+                x = push_state(x, x // freq, start, freq, prec, np.uint64(0))
+                flags[lane] = over
+                words[lane] = word
+            if st_c:
+                stat[lane] = st_c
+                continue
+            freq = end_c - start_c
+            x, over, word = push_renorm(x, freq, prec)
+            head[lane] = push_state(x, x // freq, start_c, freq, prec, np.uint64(0))
+            flags2[lane] = over
+            words2[lane] = word
+        status, where = _first_error(stat, count, off)
+        if status:
+            return status, where
+        push_flagged(words, flags, count, buf, meta)
+        push_flagged(words2, flags2, count, buf, meta)
+    return 0, -1
+
+
+@lane_kernel
+def _p_pop(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, out, flags, coarse,
+           stat, guess, seen, s_ref, s_mass, s_upper, s_flat):
+    """Pop z_{t-1} with p(z_{t-1} | z_t) on every lane group (decode): coarse bin, then sub-bin,
+    in two passes per group as in `_q_pop`."""
+    nc = edges_c.size - 1
+    nf = 1 << fine_bits
+    total = np.uint64(1) << np.uint64(prec)
+    mask = total - np.uint64(1)
+    k_c = float((1 << prec) - nc)
+    k_f = float((1 << prec) - nf)
+    denom_c = 1.0 + nc * _EPS_CRAYSTACK
+    denom_f = 1.0 + nf * _EPS_BITSWAP
+    bin_scale = float(edges_f.size - 1)
+    ratio_f = nf / float(total)
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in prange(count):
+            p = off + lane
+            x = head[lane]
+            cf = x & mask
+            g0 = quantized_guess(KIND_STD, cf, mu[p], sd[p], 0.0, 0.0, nc, 0.0, 0, False, 0.0, 1.0, False,
+                                 nc / float(total), 1.0 / k_c, 2)
+            c, start, end, st = quantized_pop(KIND_STD, cf, g0, edges_c, mu[p], sd[p], 0.0, 0.0, nc, _EPS_CRAYSTACK,
+                                              denom_c, 0, False, 0.0, 1.0, False, k_c, total, 0.0, 1.0 / k_c)
+            stat[lane] = st
+            x = pop_state(x, cf, start, end - start, prec)
+            head[lane] = x
+            flags[lane] = x < HEAD_MIN
+            coarse[lane] = c
+            if fine_bits and st == 0:
+                base = c << fine_bits
+                upper, ref, mass, flat = sub_bin_setup(bounds, mu[p], sd[p], c, _NAN, 0.0, _NAN, 0.0)
+                s_upper[lane], s_ref[lane], s_mass[lane], s_flat[lane] = upper, ref, mass, flat
+                if x >= HEAD_MIN:
+                    guess[lane] = quantized_guess(KIND_SUB_BINS, x & mask, mu[p], sd[p], 0.0, 0.0, nf, bin_scale, base,
+                                                  upper, ref, mass, flat, ratio_f, 1.0 / k_f, 1)
+        status, where = first_status(stat, count, off)
+        if status:
+            return status, where
+        if pop_flagged(head, flags, count, buf, meta):
+            return -1, -1
+        if fine_bits == 0:
+            for lane in prange(count):
+                out[off + lane] = coarse[lane]
+            continue
+        for lane in prange(count):
+            p = off + lane
+            ahead = lane + _AHEAD
+            if ahead < count:
+                seen[lane] = _touch(edges_f, (coarse[ahead] << fine_bits) + guess[ahead])
+            base = coarse[lane] << fine_bits
+            x = head[lane]
+            cf = x & mask
+            first = guess[lane]  # (not written in this pass: lanes ahead read it)
+            if flags[lane]:  # refilled: its guess needed the new state
+                first = quantized_guess(KIND_SUB_BINS, cf, mu[p], sd[p], 0.0, 0.0, nf, bin_scale, base, s_upper[lane],
+                                        s_ref[lane], s_mass[lane], s_flat[lane], ratio_f, 1.0 / k_f, 1)
+            s, start, end, st = quantized_pop(KIND_SUB_BINS, cf, first, edges_f, mu[p], sd[p], 0.0, 0.0, nf,
+                                              _EPS_BITSWAP, denom_f, base, s_upper[lane], s_ref[lane], s_mass[lane],
+                                              s_flat[lane], k_f, total, bin_scale, 1.0 / k_f)
+            stat[lane] = 8 + st if st else 0
+            x = pop_state(x, cf, start, end - start, prec)
+            head[lane] = x
+            flags[lane] = x < HEAD_MIN
+            out[p] = base | s
+        status, where = first_status(stat, count, off)
+        if status:
+            return status, where
+        if pop_flagged(head, flags, count, buf, meta):
+            return -1, -1
+    return 0, -1
+
+
+# --- drivers -------------------------------------------------------------------------------------------------
+
+class _Groups:
+    """Lane groups as the compiled phases take them (bitswap.lane_groups: groups of `head_images`
+    images, each on the head's first lanes), in coding order, with per-lane scratch buffers."""
+
+    def __init__(self, batch: int, head_images: int, dims: int, reverse: bool = False):
+        starts = list(range(0, batch, head_images))
+        if reverse:
+            starts.reverse()
+        self.offsets = np.array([s * dims for s in starts], dtype=np.int64)
+        self.lanes = np.array([min(head_images, batch - s) * dims for s in starts], dtype=np.int64)
+        self.count = batch * dims
+        self.scratch = _Scratch(head_images * dims)
+        self.image_slices = [slice(s, s + min(head_images, batch - s)) for s in starts]
+
+
+def _flat(a, shape) -> np.ndarray:
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(a, dtype=np.float64), shape)).reshape(-1)
+
+
+def _check_gaussian(mean: np.ndarray, std: np.ndarray, groups: _Groups, shape, who: str) -> None:
+    """Refuse non-finite means and non-finite or nonpositive stds with the reference's error
+    (its own check, on the first offending group in coding order)."""
+    if np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all():
+        return
+    m, s = mean.reshape(shape), std.reshape(shape)
+    for sl in groups.image_slices:
+        _checks.float_param(m[sl], "mean", who)
+        _checks.float_param(s[sl], "stdd", who, positive=True)
+
+
+def _raise_status(status: int, who: str) -> None:
+    if status == 0:
+        return
+    if status < 0:
+        raise RuntimeError(f"{who}: internal error in the compiled codec (the tail buffer ran short)")
+    if status == _STATUS_ZERO_Q:
+        raise ValueError("bitswap: a latent has zero probability under q(z_t | z_(t-1)); the message does not come "
+                         "from this encoder, model or file")
+    if status > 8:
+        who, status = "bitswap sub-bins", status - 8
+    if status == STATUS_BAD_CDF:
+        raise ValueError(f"{who}: internal error, CDF outside [0, 1] or nan")
+    if status == STATUS_NOT_INCREASING:
+        raise ValueError(f"{who}: quantized CDF is not increasing (bad cdf function)")
+    raise RuntimeError(f"{who}: internal error in the compiled codec (status {status})")
+
+
+def _salt(salt: int) -> np.uint64:
+    """The additive constant of bitswap._hash32 for slot_key(salt)."""
+    return np.uint64(((salt + 104729) * 0xD1B54A32D192ED03 + 1) % 2 ** 64)
+
+
+class _BitSwapTables:
+    def __init__(self, codec):
+        from .bitswap import COARSE_PREC
+        bin_prec = codec.prec.prior_prec
+        self.fine_bits = max(0, bin_prec - COARSE_PREC)
+        self.edges_c = np.ascontiguousarray(cs.std_gaussian_buckets(bin_prec - self.fine_bits))
+        self.edges_f = np.ascontiguousarray(cs.std_gaussian_buckets(bin_prec))
+        self.bounds = np.ascontiguousarray(self.edges_f[::1 << self.fine_bits])  # edges of the coarse bins
+        self.prec = codec.prec.latent_prec
+
+
+def _q_params(codec, z_prev: np.ndarray, t: int) -> Tuple[np.ndarray, np.ndarray]:
+    mean = (codec._keep[t] * z_prev).reshape(-1)
+    return mean, np.full(mean.size, codec._noise[t])
+
+
+def _keys(codec, t: int):
+    keyed = bool(codec.keyed_slots)
+    return keyed, _salt(2 * t) if keyed else np.uint64(0), _salt(2 * t + 1) if keyed else np.uint64(0)
+
+
+def _discretized(mean, std, groups: _Groups, shape, lm):
+    """Checked per-lane parameters of the data likelihood (craystack.DiscretizedGaussian with
+    levels from lo = -1 to hi = 1, as both codecs build it) and its number of levels."""
+    mean, std = _flat(mean, shape), _flat(std, shape)
+    _check_gaussian(mean, std, groups, shape, "DiscretizedGaussian")
+    k = lm.num_levels
+    lo, hi = -1.0, 1.0
+    return mean, std, np.full(mean.size, lo), np.full(mean.size, (hi - lo) / (k - 1)), k
+
+
+def bitswap_encode(codec, message: cs.Message, x_levels: np.ndarray) -> cs.Message:
+    """BitSwapCodec._encode on the compiled path (x_levels already checked)."""
+    lm, tables = codec.lm, _BitSwapTables(codec)
+    shape = x_levels.shape
+    dims = int(np.prod(shape[1:]))
+    groups = _Groups(shape[0], message.head.shape[0], dims)
+    sc = groups.scratch
+    state = CompiledMessage(message)
+    tracking = codec.trace is not None
+    n = lm.num_steps
+    pop_bits, push_bits = np.zeros(n), np.zeros(n)
+    data_bits = 0.0
+    levels = np.ascontiguousarray(x_levels, dtype=np.int64).reshape(-1)
+    z_prev = codec._data_value(x_levels)
+    idx_prev = None
+    for t in range(n):
+        before = state.bits() if tracking else 0.0
+        mean, std = _q_params(codec, z_prev, t)
+        idx = np.empty(groups.count, dtype=np.int64)
+        state.reserve(2 * groups.count, 0)
+        keyed, salt_c, salt_f = _keys(codec, t)
+        status = _q_pop(state.head, state.buf, state.meta, groups.offsets, groups.lanes, mean, std, tables.edges_c,
+                        tables.edges_f, tables.bounds, tables.prec, tables.fine_bits, keyed, salt_c, salt_f, idx,
+                        sc.flags, sc.coarse, sc.guess, sc.seen, sc.ref, sc.mass, sc.upper, sc.flat)
+        _raise_status(status, "bitswap q")
+        state.check("bitswap")
+        z = codec._value(idx.reshape(shape))
+        reverse = lm.reverse(lm.latent_to_model(z), t)
+        middle = state.bits() if tracking else 0.0
+        state.reserve(0, 2 * groups.count)
+        if t == 0:
+            mean, std, lo, step, k = _discretized(reverse[0], reverse[1], groups, shape, lm)
+            status, _ = quantized_push_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes,
+                                              KIND_DISCRETIZED, tables.edges_c, mean, std, lo, step, k,
+                                              codec.prec.obs_prec, levels, sc.words, sc.flags, sc.stat)
+            _raise_status(status, "DiscretizedGaussian")
+        else:
+            mean, std = _flat(reverse[0], shape), _flat(reverse[1], shape)
+            _check_gaussian(mean, std, groups, shape, "DiagGaussian_StdBins")
+            status, _ = _p_push(state.head, state.buf, state.meta, groups.offsets, groups.lanes, mean, std,
+                                tables.edges_c, tables.edges_f, tables.bounds, tables.prec, tables.fine_bits, idx_prev,
+                                sc.words, sc.flags, sc.words2, sc.flags2, sc.stat, sc.seen)
+            _raise_status(status, "DiagGaussian_StdBins")
+        if tracking:
+            pop_bits[t] = before - middle
+            if t == 0:
+                data_bits = state.bits() - middle
+            else:
+                push_bits[t - 1] = state.bits() - middle
+        z_prev, idx_prev = z, idx
+    before = state.bits() if tracking else 0.0
+    state.reserve(0, groups.count)
+    uniform_push_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes, codec.prec.prior_prec,
+                        idx_prev, sc.words, sc.flags)
+    if tracking:
+        push_bits[n - 1] = state.bits() - before
+        codec.trace.pop_bits.append(pop_bits)
+        codec.trace.push_bits.append(push_bits)
+        codec.trace.data_bits.append(data_bits)
+    return state.to_message()
+
+
+def bitswap_decode(codec, message: cs.Message, batch: int) -> Tuple[cs.Message, np.ndarray]:
+    """BitSwapCodec._decode on the compiled path (batch already checked)."""
+    lm, tables = codec.lm, _BitSwapTables(codec)
+    shape = (int(batch),) + tuple(message.head.shape[1:])
+    dims = int(np.prod(shape[1:]))
+    groups = _Groups(shape[0], message.head.shape[0], dims, reverse=True)
+    sc = groups.scratch
+    state = CompiledMessage(message)
+    idx = np.empty(groups.count, dtype=np.int64)
+    state.reserve(groups.count, 0)
+    if uniform_pop_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes, codec.prec.prior_prec,
+                          idx, sc.flags):
+        _raise_status(-1, "Uniform")
+    state.check("bitswap")
+    x_levels = np.empty(groups.count, dtype=np.int64)
+    for t in reversed(range(lm.num_steps)):
+        reverse = lm.reverse(lm.latent_to_model(codec._value(idx.reshape(shape))), t)
+        state.reserve(2 * groups.count, 0)
+        if t == 0:
+            mean, std, lo, step, k = _discretized(reverse[0], reverse[1], groups, shape, lm)
+            status, _ = quantized_pop_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes,
+                                             KIND_DISCRETIZED, tables.edges_c, mean, std, lo, step, k,
+                                             codec.prec.obs_prec, 1, x_levels, sc.flags, sc.stat)
+            _raise_status(status, "DiscretizedGaussian")
+            idx_prev = None
+            z_prev = codec._data_value(x_levels.reshape(shape))
+        else:
+            mean, std = _flat(reverse[0], shape), _flat(reverse[1], shape)
+            _check_gaussian(mean, std, groups, shape, "DiagGaussian_StdBins")
+            idx_prev = np.empty(groups.count, dtype=np.int64)
+            status, _ = _p_pop(state.head, state.buf, state.meta, groups.offsets, groups.lanes, mean, std,
+                               tables.edges_c, tables.edges_f, tables.bounds, tables.prec, tables.fine_bits, idx_prev,
+                               sc.flags, sc.coarse, sc.stat, sc.guess, sc.seen, sc.ref, sc.mass, sc.upper, sc.flat)
+            _raise_status(status, "DiagGaussian_StdBins")
+            z_prev = codec._value(idx_prev.reshape(shape))
+        state.check("bitswap")
+        mean, std = _q_params(codec, z_prev, t)
+        keyed, salt_c, salt_f = _keys(codec, t)
+        state.reserve(0, 2 * groups.count)
+        status, _ = _q_push(state.head, state.buf, state.meta, groups.offsets, groups.lanes, mean, std,
+                            tables.edges_c, tables.edges_f, tables.bounds, tables.prec, tables.fine_bits, keyed, salt_c,
+                            salt_f, idx, sc.words, sc.flags, sc.words2, sc.flags2, sc.stat, sc.seen)
+        _raise_status(status, "bitswap q")
+        idx = idx_prev
+    return state.to_message(), x_levels.reshape(shape)
+
+
+# --- BB-ANS (codec.BitsBackCodec) --------------------------------------------------------------------------
+
+def _posterior_params(posterior, prior, groups, shape, who="DiagGaussian_GaussianBins"):
+    mean, std = _flat(posterior[0], shape), _flat(posterior[1], shape)
+    bin_mean, bin_std = _flat(prior[0], shape), _flat(prior[1], shape)
+    ok = all(np.isfinite(a).all() for a in (mean, std, bin_mean, bin_std)) and (std > 0).all() and (bin_std > 0).all()
+    if not ok:
+        for sl in groups.image_slices:
+            _checks.float_param(mean.reshape(shape)[sl], "mean", who)
+            _checks.float_param(std.reshape(shape)[sl], "stdd", who, positive=True)
+            _checks.float_param(bin_mean.reshape(shape)[sl], "bin_mean", who)
+            _checks.float_param(bin_std.reshape(shape)[sl], "bin_stdd", who, positive=True)
+    return mean, std, bin_mean, bin_std
+
+
+def bbans_encode(codec, message: cs.Message, x_levels: np.ndarray) -> cs.Message:
+    """BitsBackCodec.encode on the compiled path (shapes already checked)."""
+    lm, prec = codec.lm, codec.prec
+    shape = x_levels.shape
+    dims = int(np.prod(shape[1:]))
+    groups = _Groups(shape[0], shape[0], dims)
+    sc = groups.scratch
+    edges = np.ascontiguousarray(cs.std_gaussian_buckets(prec.prior_prec))
+    state = CompiledMessage(message)
+    tracking = codec.trace is not None
+    x = lm.data_to_model(x_levels)
+    pop_bits, push_bits = [], []
+    prior = codec._std_prior(shape)
+    indices = []
+    z_next = None
+    for t in reversed(range(lm.num_steps)):
+        posterior = lm.posterior_top(x) if z_next is None else lm.posterior(x, z_next, t + 1)
+        before = state.bits() if tracking else 0.0
+        mean, std, bin_mean, bin_std = _posterior_params(posterior, prior, groups, shape)
+        idx = np.empty(groups.count, dtype=np.int64)
+        state.reserve(groups.count, 0)
+        status, _ = quantized_pop_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes,
+                                         KIND_GAUSSIAN_BINS, edges, mean, std, bin_mean, bin_std, 1 << prec.prior_prec,
+                                         prec.latent_prec, 1, idx, sc.flags, sc.stat)
+        _raise_status(status, "DiagGaussian_GaussianBins")
+        state.check("bbans")
+        if tracking:
+            pop_bits.append(before - state.bits())
+        idx = idx.reshape(shape)
+        indices.append(idx)
+        z_next = lm.latent_to_model(codec._latent_value(prior, idx))
+        prior = lm.reverse(z_next, t)
+    before = state.bits() if tracking else 0.0
+    mean, std, lo, step, k = _discretized(prior[0], prior[1], groups, shape, lm)
+    levels = _checks.symbols(x_levels, shape, k, "DiscretizedGaussian").reshape(-1)
+    state.reserve(0, groups.count)
+    status, _ = quantized_push_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes,
+                                      KIND_DISCRETIZED, edges, mean, std, lo, step, k, prec.obs_prec,
+                                      np.ascontiguousarray(levels), sc.words, sc.flags, sc.stat)
+    _raise_status(status, "DiscretizedGaussian")
+    if tracking:
+        codec.trace.data_bits.append(state.bits() - before)
+    for idx in reversed(indices):
+        before = state.bits() if tracking else 0.0
+        state.reserve(0, groups.count)
+        uniform_push_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes, prec.prior_prec,
+                            idx.reshape(-1), sc.words, sc.flags)
+        if tracking:
+            push_bits.append(state.bits() - before)
+    if tracking:
+        codec.trace.pop_bits.append(np.asarray(pop_bits[::-1]))
+        codec.trace.push_bits.append(np.asarray(push_bits))
+    return state.to_message()
+
+
+def bbans_decode(codec, message: cs.Message, batch: int) -> Tuple[cs.Message, np.ndarray]:
+    """BitsBackCodec.decode on the compiled path (batch already checked)."""
+    lm, prec = codec.lm, codec.prec
+    shape = (batch,) + tuple(message.head.shape[1:])
+    dims = int(np.prod(shape[1:]))
+    groups = _Groups(batch, batch, dims)
+    sc = groups.scratch
+    edges = np.ascontiguousarray(cs.std_gaussian_buckets(prec.prior_prec))
+    state = CompiledMessage(message)
+    prior = codec._std_prior(shape)
+    priors, indices, latents = [], [], []
+    for t in reversed(range(lm.num_steps)):
+        idx = np.empty(groups.count, dtype=np.int64)
+        state.reserve(groups.count, 0)
+        if uniform_pop_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes, prec.prior_prec, idx,
+                              sc.flags):
+            _raise_status(-1, "Uniform")
+        state.check("bbans")
+        idx = idx.reshape(shape)
+        priors.append(prior)
+        indices.append(idx)
+        z = lm.latent_to_model(codec._latent_value(prior, idx))
+        latents.append(z)
+        prior = lm.reverse(z, t)
+    mean, std, lo, step, k = _discretized(prior[0], prior[1], groups, shape, lm)
+    x_levels = np.empty(groups.count, dtype=np.int64)
+    state.reserve(groups.count, 0)
+    status, _ = quantized_pop_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes,
+                                     KIND_DISCRETIZED, edges, mean, std, lo, step, k, prec.obs_prec, 1, x_levels,
+                                     sc.flags, sc.stat)
+    _raise_status(status, "DiscretizedGaussian")
+    state.check("bbans")
+    x_levels = x_levels.reshape(shape)
+    x = lm.data_to_model(x_levels)
+    for k_ in reversed(range(lm.num_steps)):
+        t = lm.num_steps - 1 - k_
+        posterior = lm.posterior_top(x) if k_ == 0 else lm.posterior(x, latents[k_ - 1], t + 1)
+        mean, std, bin_mean, bin_std = _posterior_params(posterior, priors[k_], groups, shape)
+        symbols = _checks.symbols(indices[k_], shape, 1 << prec.prior_prec, "DiagGaussian_GaussianBins")
+        state.reserve(0, groups.count)
+        status, _ = quantized_push_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes,
+                                          KIND_GAUSSIAN_BINS, edges, mean, std, bin_mean, bin_std,
+                                          1 << prec.prior_prec, prec.latent_prec, symbols.reshape(-1), sc.words,
+                                          sc.flags, sc.stat)
+        _raise_status(status, "DiagGaussian_GaussianBins")
+    return state.to_message(), x_levels

@@ -1,0 +1,99 @@
+"""How the compiled functions are built: cached on disk per version of their sources, and lane
+kernels in two builds (threaded over lanes with numba prange, and single-threaded).
+
+Why a cache folder per source version: numba checks only the timestamp of the decorated
+function's own file before loading cached machine code, so after an update that changes a
+helper in another file (say `cdfs.py`) a kernel in `phases.py` would run the old helper. Here
+the folder's name is a digest of every file of craystack.compiled and of the function's own
+file, so changed sources never meet old code.
+
+Why two builds: starting threads for a prange costs a few microseconds on an idle machine and
+more on a busy one, which dwarfs the work of a small group of lanes (tests, small images); a
+group of thousands of lanes (a CIFAR image has 3072) gains almost the thread count. Both builds
+run the same source, so they give the same results (lanes are independent and the word scans
+sequential).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import inspect
+import os
+import tempfile
+import types
+from pathlib import Path
+
+import numba
+from numba import njit
+
+__all__ = ["PARALLEL_MIN_LANES", "compiled", "lane_kernel"]
+
+PARALLEL_MIN_LANES = 2048  #: groups with fewer lanes than this run on one thread
+
+# numba's default threading layer is OpenMP, whose workers spin-wait between parallel regions and
+# share libgomp with torch: after one threaded codec pass, the model's next calls ran 4-25x slower
+# on the 2-core machine (measured with the demo's batch-1 UNet). The workqueue layer's workers sleep
+# instead. A layer chosen by the user (NUMBA_THREADING_LAYER) is kept.
+if not os.environ.get("NUMBA_THREADING_LAYER"):
+    numba.config.THREADING_LAYER = "workqueue"
+_HERE = Path(__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_dir(source: str) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(_HERE.glob("*.py")) + [Path(source)]:
+        digest.update(path.read_bytes())
+    name = f"numba-{digest.hexdigest()[:16]}"
+    folder = Path(source).parent / "__pycache__" / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a read-only install: a per-user temporary folder instead
+        folder = Path(tempfile.gettempdir()) / f"bits-back-diffusion-{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
+
+
+@contextlib.contextmanager
+def _caching_in(fn):
+    previous = numba.config.CACHE_DIR
+    numba.config.CACHE_DIR = _cache_dir(str(Path(inspect.getsourcefile(fn)).resolve()))
+    try:
+        yield
+    finally:
+        numba.config.CACHE_DIR = previous
+
+
+def compiled(fn=None, **options):
+    """`numba.njit(cache=True, **options)` with the cache folder of the sources' version."""
+    def build(f):
+        with _caching_in(f):
+            return njit(cache=True, **options)(f)
+
+    return build if fn is None else build(fn)
+
+
+class LaneKernel:
+    """A kernel whose 5th argument is the array of lanes per group; picks the build by its size."""
+
+    def __init__(self, fn):
+        self.parallel = compiled(fn, parallel=True)
+        serial = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
+                                    fn.__closure__)
+        serial.__qualname__ = fn.__qualname__ + "_serial"
+        serial.__module__ = fn.__module__
+        serial.__doc__ = fn.__doc__
+        self.serial = compiled(serial)
+        self.__doc__ = fn.__doc__
+        self.__name__ = fn.__name__
+
+    def __call__(self, *args):
+        lanes = args[4]
+        threaded = numba.get_num_threads() > 1 and lanes.size and int(lanes.max()) >= PARALLEL_MIN_LANES
+        return (self.parallel if threaded else self.serial)(*args)
+
+
+def lane_kernel(fn) -> LaneKernel:
+    """Decorator: compile `fn` (which loops over lanes with prange) in both builds."""
+    return LaneKernel(fn)

@@ -1,0 +1,134 @@
+"""Whole phases of one-level codecs over groups of lanes, each one compiled call.
+
+A phase codes one symbol per lane for several lane groups, one group after another, exactly
+as the NumPy reference codes group by group with `craystack.substack` on the first lanes of
+the head: the per-lane work (CDF values, the symbol search) runs in parallel over the group's
+lanes (numba prange), then one sequential scan moves the renormalisation words in lane order.
+Results therefore do not depend on the number of threads.
+
+Groups: ``offsets[g]`` is the index of the group's first symbol/parameter in the flat
+parameter arrays, ``lanes[g]`` its number of lanes (always the head's first lanes). Every
+phase returns ``(status, lane)``: 0 when it went through, otherwise a `cdfs.STATUS_*` code
+and the parameter index of the first lane that failed (the message state is then to be
+dropped, as the reference raises before returning a message).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from .cdfs import quantized_guess, quantized_interval, quantized_pop
+from .kernels import compiled, lane_kernel
+from .message import HEAD_MIN, pop_flagged, pop_state, push_flagged, push_renorm, push_state
+
+__all__ = ["quantized_push_groups", "quantized_pop_groups", "uniform_push_groups", "uniform_pop_groups",
+           "first_status"]
+
+EPS = 2.0 ** -44  # craystack.gaussian._EPS
+
+
+@compiled
+def first_status(stat, lanes, offset):
+    """(status, parameter index) of the first lane < lanes with a nonzero status, else (0, -1)."""
+    for lane in range(lanes):
+        if stat[lane]:
+            return stat[lane], offset + lane
+    return 0, -1
+
+
+@lane_kernel
+def quantized_push_groups(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, n, prec, symbols,
+                          words, flags, stat):
+    """Push symbols[offsets[g] + l] on lane l of each group g with craystack's quantized codec
+    of `kind` (cdfs.KIND_*; per-lane parameters mu, sd, a, b)."""
+    total = np.uint64(1) << np.uint64(prec)
+    k = float((1 << prec) - n)
+    denom = 1.0 + n * EPS
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in prange(count):
+            p = off + lane
+            start, end, st = quantized_interval(kind, symbols[p], edges, mu[p], sd[p], a[p], b[p], n, EPS, denom, 0,
+                                                False, 0.0, 1.0, False, k, total)
+            stat[lane] = st
+            freq = end - start
+            if st == 0:
+                x, over, word = push_renorm(head[lane], freq, prec)
+                head[lane] = push_state(x, x // freq, start, freq, prec, np.uint64(0))
+                flags[lane] = over
+                words[lane] = word
+        status, where = first_status(stat, count, off)
+        if status:
+            return status, where
+        push_flagged(words, flags, count, buf, meta)
+    return 0, -1
+
+
+@lane_kernel
+def quantized_pop_groups(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, n, prec, rounds, out,
+                         flags, stat):
+    """Pop one symbol per lane of each group into out[offsets[g] + l] (craystack's decoder with
+    its guess, `rounds` guess rounds)."""
+    total = np.uint64(1) << np.uint64(prec)
+    mask = total - np.uint64(1)
+    k = float((1 << prec) - n)
+    denom = 1.0 + n * EPS
+    ratio = n / float(total)
+    inv_k = 1.0 / k
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in prange(count):
+            p = off + lane
+            x = head[lane]
+            cf = x & mask
+            g0 = quantized_guess(kind, cf, mu[p], sd[p], a[p], b[p], n, 0.0, 0, False, 0.0, 1.0, False, ratio, inv_k,
+                                 rounds)
+            s, start, end, st = quantized_pop(kind, cf, g0, edges, mu[p], sd[p], a[p], b[p], n, EPS, denom, 0, False,
+                                              0.0, 1.0, False, k, total, 0.0, inv_k)
+            stat[lane] = st
+            x = pop_state(x, cf, start, end - start, prec)
+            head[lane] = x
+            flags[lane] = x < HEAD_MIN
+            out[p] = s
+        status, where = first_status(stat, count, off)
+        if status:
+            return status, where
+        if pop_flagged(head, flags, count, buf, meta):
+            return -1, -1
+    return 0, -1
+
+
+@lane_kernel
+def uniform_push_groups(head, buf, meta, offsets, lanes, prec, symbols, words, flags):
+    """craystack.Uniform(prec) pushes of symbols[offsets[g] + l] (in range: checked by the caller)."""
+    one = np.uint64(1)
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in prange(count):
+            start = np.uint64(symbols[off + lane])
+            x, over, word = push_renorm(head[lane], one, prec)
+            head[lane] = push_state(x, x, start, one, prec, np.uint64(0))
+            flags[lane] = over
+            words[lane] = word
+        push_flagged(words, flags, count, buf, meta)
+
+
+@lane_kernel
+def uniform_pop_groups(head, buf, meta, offsets, lanes, prec, out, flags):
+    """craystack.Uniform(prec) pops into out[offsets[g] + l]; returns an error code (0: none)."""
+    mask = (np.uint64(1) << np.uint64(prec)) - np.uint64(1)
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in prange(count):
+            x = head[lane]
+            out[off + lane] = np.int64(x & mask)
+            x = x >> np.uint64(prec)
+            head[lane] = x
+            flags[lane] = x < HEAD_MIN
+        if pop_flagged(head, flags, count, buf, meta):
+            return -1
+    return 0

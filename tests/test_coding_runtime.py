@@ -1,0 +1,79 @@
+"""The process settings of coding runs: strict determinism, the cuBLAS workspace set before CUDA
+starts, and the GPU chosen among the visible ones (faked here: CI has no GPU)."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from bits_back_diffusion import runtime
+from improved_diffusion import dist_util
+
+
+@pytest.fixture
+def restore_determinism():
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def test_coding_runs_make_nondeterministic_kernels_an_error(tmp_path, monkeypatch, restore_determinism):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    seen = {}
+    real_setup = dist_util.setup_dist
+
+    def setup_dist(*args, **kwargs):  # where CUDA would start
+        seen["cublas"] = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+        return real_setup(*args, **kwargs)
+
+    monkeypatch.setattr(dist_util, "setup_dist", setup_dist)
+    torch.use_deterministic_algorithms(False)
+    rt = runtime.setup(OmegaConf.create({"seed": 0}), run_dir=str(tmp_path), deterministic=True)
+    try:
+        assert seen["cublas"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()  # an error, never only a warning
+    finally:
+        rt.release()
+        dist_util.cleanup_dist()
+
+
+def test_training_keeps_its_own_determinism_setting(tmp_path, restore_determinism):
+    torch.use_deterministic_algorithms(False)
+    rt = runtime.setup(OmegaConf.create({"seed": 0}), run_dir=str(tmp_path), deterministic=False)
+    try:
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        rt.release()
+        dist_util.cleanup_dist()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("local_rank, visible, expected", [(3, 1, 0), (3, 2, 1), (1, 8, 1)])
+def test_each_rank_takes_a_visible_gpu(monkeypatch, local_rank, visible, expected):
+    """A SLURM task bound to one GPU (--gpus-per-task) has local rank 3 but sees only device 0."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: chosen.append(index))
+    for var in ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "MPI_LOCALRANKID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_LOCALID", str(local_rank))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    dist_util.setup_dist(backend="gloo")
+    try:
+        assert chosen == [expected]
+        assert dist_util.dev() == torch.device(f"cuda:{expected}")
+    finally:
+        dist_util.cleanup_dist()

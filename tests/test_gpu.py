@@ -1,0 +1,73 @@
+"""Coding on the accelerator (marked `gpu`; skipped without CUDA).
+
+`BBD_TEST_DEVICE=cpu python -m pytest -m gpu` runs the same checks on the CPU, which is how
+`bench/device_check.sh` is proven end to end before it meets a GPU. `BBD_GPU_IMAGES` sets how many
+CIFAR-shaped images the roundtrip codes (default 64).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import craystack as cs
+from bits_back_diffusion.batch_schedule import BatchSchedule, encode_batch
+from bits_back_diffusion.bitswap import BITSWAP_PRECISIONS, BitSwapCodec
+from bits_back_diffusion.codec import initial_message
+from bits_back_diffusion.latent_model import DiffusionLatentModel
+from bits_back_diffusion.runtime import set_determinism
+from improved_diffusion.script_util import create_gaussian_diffusion
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def coding_device() -> torch.device:
+    name = os.environ.get("BBD_TEST_DEVICE", "cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("needs CUDA (set BBD_TEST_DEVICE=cpu to run these checks on the CPU)")
+    set_determinism()
+    return torch.device(name)
+
+
+@pytest.fixture(scope="module")
+def cifar_images(shared_cifar_npz) -> np.ndarray:
+    count = int(os.environ.get("BBD_GPU_IMAGES", "64"))
+    with np.load(shared_cifar_npz) as data:
+        return data["images"][:count].transpose(0, 3, 1, 2).astype(np.int64)
+
+
+def _codec(tiny_fixture, device: torch.device) -> BitSwapCodec:
+    flags, model, _, _ = tiny_fixture
+    diffusion = create_gaussian_diffusion(**dict(flags["diffusion"], num_levels=256), timestep_respacing="vlb100")
+    model = model.to(device)
+    return BitSwapCodec(DiffusionLatentModel(model, diffusion, device), BITSWAP_PRECISIONS)
+
+
+def _encode(codec: BitSwapCodec, images: np.ndarray):
+    message = initial_message(codec, (1,) + images.shape[1:], seed=0)
+    schedule = BatchSchedule(16, grow=True)
+    done = 0
+    while done < len(images):
+        size = schedule.next_size(len(images) - done, message)
+        message, _ = encode_batch(codec, message, images[done:done + size], schedule)
+        done += size
+    return message, schedule.sizes
+
+
+def test_cifar_shaped_roundtrip_on_the_device_is_exact_and_repeatable(tiny_fixture, coding_device, cifar_images):
+    codec = _codec(tiny_fixture, coding_device)
+    message, sizes = _encode(codec, cifar_images)
+    again, sizes_again = _encode(_codec(tiny_fixture, coding_device), cifar_images)
+    assert sizes == sizes_again
+    assert np.array_equal(cs.flatten(message), cs.flatten(again)), "two encodes on one device differ"
+    decoded = []
+    for size in reversed(sizes):
+        message, x = codec.decode(message, size)
+        decoded.append(x)
+    restored = np.concatenate(decoded[::-1])
+    assert np.array_equal(restored, cifar_images)
+    start = initial_message(codec, (1,) + cifar_images.shape[1:], seed=0)
+    assert cs.message_equal(message, start), "the message did not return to its initial bits"
