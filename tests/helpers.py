@@ -11,7 +11,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from improved_diffusion.script_util import create_model
 
@@ -47,6 +47,17 @@ def make_run_dir(path: Path, seed: int = 0, model: Optional[Dict] = None, diffus
     OmegaConf.save(OmegaConf.create({"model": model_cfg, "diffusion": diffusion_cfg}), path / ".hydra" / "config.yaml")
     torch.save(net.state_dict(), path / f"ema_0.9999_{step:06d}.pt")
     return path
+
+
+def compose_cfg(config_name: str, overrides) -> DictConfig:
+    """The script's Hydra config with `overrides`, composed in-process (run a script's run(cfg) without a subprocess)."""
+    from hydra import compose, initialize_config_dir
+
+    from bits_back_diffusion import runtime
+
+    runtime.register_resolvers()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "config"), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
 
 
 def script_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
-from bits_back_diffusion import encoder, runtime
-from helpers import REPO_ROOT, make_run_dir
+from bits_back_diffusion import encoder
+from helpers import REPO_ROOT, compose_cfg, make_run_dir
 from improved_diffusion import dist_util
 
 if str(REPO_ROOT) not in sys.path:  # the scripts live at the repo root
@@ -29,17 +28,11 @@ def model_dir(tmp_path_factory):
     return make_run_dir(tmp_path_factory.mktemp("model") / "run", seed=0)
 
 
-def cfg_of(config_name: str, overrides):
-    runtime.register_resolvers()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "config"), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
-
-
 def run(module, overrides, run_dir: Path):
     if module is compute_vlb:  # encode's own keys
         overrides = [o for o in overrides if not o.startswith(("compare_classical=", "check=", "codec="))]
     try:
-        return module.run(cfg_of(module.__name__, overrides), str(run_dir))
+        return module.run(compose_cfg(module.__name__, overrides), str(run_dir))
     finally:
         dist_util.cleanup_dist()
 

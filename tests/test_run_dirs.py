@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Dict
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from bits_back_diffusion import run_dir as run_dirs
 from bits_back_diffusion import runtime
-from helpers import REPO_ROOT, make_run_dir, run_script, script_env
+from helpers import REPO_ROOT, compose_cfg, make_run_dir, run_script, script_env
 from improved_diffusion import dist_util
 
 if str(REPO_ROOT) not in sys.path:  # the scripts live at the repo root
@@ -47,12 +46,6 @@ def model_dir(tmp_path_factory):
 
 
 # ------------------------------------------------------------------ refused runs change nothing
-
-
-def compose_cfg(config_name: str, overrides):
-    runtime.register_resolvers()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "config"), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
 
 
 def run_in_process(script: str, overrides, run_dir: Path):

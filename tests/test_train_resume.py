@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -22,7 +21,7 @@ from improved_diffusion import logger  # noqa: E402
 from improved_diffusion.resample import LossSecondMomentResampler, UniformSampler  # noqa: E402
 from improved_diffusion.train_util import NoCompleteCheckpointError, TrainLoop  # noqa: E402
 
-from test_train import TINY, assert_same_step, load, subprocess_env, tiny_cfg  # noqa: E402
+from test_train import TINY, _Toy, assert_same_step, load, subprocess_env, tiny_cfg  # noqa: E402
 
 
 # ---------------------------------------------------------------- bit-exact resume through train.py
@@ -64,15 +63,6 @@ def test_train_batches_seek_continues_the_stream_across_epochs():
 
 
 # ---------------------------------------------------------------- the same on a toy, with a warmed-up sampler
-
-
-class _Toy(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.lin = nn.Linear(4, 4)
-
-    def forward(self, x, t, **kwargs):
-        return self.lin(x)
 
 
 class _NoisyToyDiffusion:

@@ -231,14 +231,6 @@ class TrainBatches:
             self._batches = None
 
 
-def train_batches(
-    dataset: ImageSet,
-    batch_size: int,
-    rank: int = 0,
-    world_size: int = 1,
-    seed: int = 0,
-    prefetch: int = 2,
-    pin_memory: bool = False,
-) -> TrainBatches:
-    """Infinite shuffled training batches of this rank (see `TrainBatches`)."""
-    return TrainBatches(dataset, batch_size, rank, world_size, seed, prefetch, pin_memory)
+# The public name the scripts use: infinite shuffled training batches of this rank. An alias rather than a
+# wrapper so the arguments and their defaults are written once, in `TrainBatches.__init__`.
+train_batches = TrainBatches
