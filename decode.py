@@ -269,7 +269,8 @@ def check_threads(header, device, allow_mismatch: bool, source: str) -> None:
 
 def codec_settings(header, source: str):
     """(codec class, Precisions) the file names, checked before any model is loaded."""
-    from bits_back_diffusion.codec import Precisions, codec_class
+    from bits_back_diffusion.codec_registry import codec_class
+    from bits_back_diffusion.coding import Precisions
     from bits_back_diffusion.container import BBDFormatError
 
     try:
@@ -332,8 +333,8 @@ def check_rank_set(parts: List[Tuple[str, object]], source: str) -> None:
 
 
 def _expected_initial(header):
-    """The message the encoder started from (codec.initial_message_for)."""
-    from bits_back_diffusion.codec import initial_message_for
+    """The message the encoder started from (coding.initial_message_for)."""
+    from bits_back_diffusion.coding import initial_message_for
 
     init = header.initial_message
     return initial_message_for(tuple(header.head_shape), int(init["words_per_lane"]), int(init["seed"]))

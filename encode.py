@@ -22,7 +22,8 @@ from omegaconf import DictConfig
 
 from bits_back_diffusion import runtime
 from bits_back_diffusion.classical import classical_rates, classical_sizes, comparison_line
-from bits_back_diffusion.codec import Precisions, build_codec
+from bits_back_diffusion.codec_registry import build_codec
+from bits_back_diffusion.coding import Precisions
 from bits_back_diffusion.codec_checkpoints import device_meta
 from bits_back_diffusion.compressed import encode_header, tiling_of, write_compressed
 from bits_back_diffusion.container import DeviceInfo
@@ -52,9 +53,9 @@ def _encode(cfg: DictConfig, session: ScriptSession) -> Dict[str, Any]:
     batch_size, head_images, grow = plan.batch_size, plan.head_images, plan.grow
     encoded = coder.encode()
     decoded = coder.decode(encoded) if cfg.check else None  # raises before a wrong file is written
-    header = encode_header(loaded, codec.name, precisions, plan, dataset.num_levels, coder.initial_message_spec(),
-                           tiling, bool(cfg.evaluator.clip_denoised), float(cfg.codec.likelihood_std_min),
-                           str(cfg.data.name), DeviceInfo.of(rt.device))
+    header = encode_header(loaded, codec.name, precisions, plan, coder.batch_sizes, dataset.num_levels,
+                           coder.initial_message_spec(), tiling, bool(cfg.evaluator.clip_denoised),
+                           float(cfg.codec.likelihood_std_min), str(cfg.data.name), DeviceInfo.of(rt.device))
     path, size = write_compressed(rt.run_dir, header, encoded.message)
     gathered = gather_stats({**rank_stats(plan, encoded, decoded), "file": path, "file_bytes": size},
                             rt.run_dir, rt.rank, rt.world_size, show_progress=rt.is_main)
@@ -73,7 +74,8 @@ def _encode(cfg: DictConfig, session: ScriptSession) -> Dict[str, Any]:
     }
     if cfg.compare_classical:
         results["classical_bytes"], results["classical"] = _classical(dataset, int(cfg.evaluator.num_samples))
-    images = _save_trace(rt.run_dir, encoded, np.asarray(loaded.diffusion.timestep_map), plan.dims())
+    images = _save_trace(rt.run_dir, encoded, np.asarray(loaded.diffusion.timestep_map),
+                          plan.dims(coder.batch_sizes))
     write_results(rt.run_dir, results)
     vlb = f"{results['vlb']:.4f} bits/dim" if results["vlb"] is not None else "not computed: add evaluator.compute_vlb=true"
     logger.log(

@@ -29,7 +29,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import craystack as cs  # noqa: E402
-from bits_back_diffusion.codec import build_codec, codec_class, initial_message  # noqa: E402
+from bits_back_diffusion.codec_registry import build_codec, codec_class  # noqa: E402
+from bits_back_diffusion.coding import initial_message  # noqa: E402
 from bits_back_diffusion.latent_model import DiffusionLatentModel  # noqa: E402
 from improved_diffusion.script_util import create_gaussian_diffusion, create_model  # noqa: E402
 

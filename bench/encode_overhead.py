@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bits_back_diffusion.codec import build_codec, codec_class, initial_message
+from bits_back_diffusion.codec_registry import build_codec, codec_class
+from bits_back_diffusion.coding import initial_message
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from bits_back_diffusion.runtime import set_determinism
 from improved_diffusion.script_util import create_gaussian_diffusion, create_model

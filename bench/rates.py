@@ -36,7 +36,8 @@ import craystack as cs  # noqa: E402
 from bits_back_diffusion.batch_schedule import GROWTH_MARGIN, BatchSchedule, encode_batch  # noqa: E402
 from bits_back_diffusion.bitswap import BITSWAP_PRECISIONS, BitSwapCodec, peak_deficit_bits  # noqa: E402
 from bits_back_diffusion.classical import classical_rates  # noqa: E402
-from bits_back_diffusion.codec import BitsBackCodec, Precisions, initial_message, message_bits  # noqa: E402
+from bits_back_diffusion.codec import BitsBackCodec  # noqa: E402
+from bits_back_diffusion.coding import Precisions, initial_message, message_bits  # noqa: E402
 from bits_back_diffusion.latent_model import DiffusionLatentModel  # noqa: E402
 from bits_back_diffusion.vlb import batch_vlb  # noqa: E402
 from improved_diffusion.script_util import create_gaussian_diffusion, create_model  # noqa: E402

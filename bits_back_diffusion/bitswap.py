@@ -69,7 +69,7 @@ from scipy.special import ndtr, ndtri
 import craystack as cs
 
 from . import compiled_codecs
-from .codec import Precisions, StepTrace, message_bits, on_lanes
+from .coding import Precisions, StepTrace, message_bits, on_lanes
 from .compiled_codecs import check_backend
 from .latent_model import DiffusionLatentModel, Gaussian
 
@@ -399,7 +399,7 @@ class BitSwapCodec:
                  keyed_slots: bool = True, backend: str = "numba"):
         self.backend = check_backend(backend)  # "numba": compiled_codecs; "numpy": the reference below
         if not isinstance(precisions, Precisions):
-            raise TypeError(f"precisions must be a codec.Precisions, got {type(precisions).__name__}")
+            raise TypeError(f"precisions must be a coding.Precisions, got {type(precisions).__name__}")
         if precisions.prior_prec > _MAX_BIN_PREC:
             raise ValueError(
                 f"codec=bitswap: prior_prec={precisions.prior_prec} (the latent bin precision) exceeds "
@@ -437,7 +437,7 @@ class BitSwapCodec:
         return cs.DiscretizedGaussian(gaussian[0], gaussian[1], self.lm.num_levels, self.prec.obs_prec)
 
     def initial_words_per_lane(self) -> int:
-        """0: start from the bare message (see `codec.initial_message_for`). The deficit is one
+        """0: start from the bare message (see `coding.initial_message_for`). The deficit is one
         step's worth whatever the number of steps (while z_t is popped, z_{t-1} is still out, each
         about bin_prec bits; `peak_deficit_bits` measures it); the bare heads cover the first 8
         bits per lane and craystack's generator words the rest, of which a file stores only the

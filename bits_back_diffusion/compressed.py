@@ -10,13 +10,13 @@ once all tiles are back.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import craystack as cs
 
 from .batch_schedule import run_lengths
 from .bbd_header import name_hints
-from .codec import Precisions
+from .coding import Precisions
 from .container import BBDHeader, DeviceInfo, DiffusionFlags, ModelFlags, write_bbd
 from .data import ImageSet
 from .data.tiles import TiledImageSet, TilingInfo
@@ -40,10 +40,12 @@ def tiling_of(dataset: ImageSet, num_samples: int) -> Optional[TilingInfo]:
     return None
 
 
-def encode_header(loaded: LoadedModel, codec_name: str, precisions: Precisions, plan: EncodePlan, num_levels: int,
-                  initial_message: Dict[str, int], tiling: Optional[TilingInfo], clip_denoised: bool,
-                  likelihood_std_min: float, data_name: str, device: DeviceInfo) -> BBDHeader:
-    """Everything decode.py needs besides the weights: codec, process, shapes, batch layout, where
+def encode_header(loaded: LoadedModel, codec_name: str, precisions: Precisions, plan: EncodePlan,
+                  batch_sizes: Sequence[int], num_levels: int, initial_message: Dict[str, int],
+                  tiling: Optional[TilingInfo], clip_denoised: bool, likelihood_std_min: float, data_name: str,
+                  device: DeviceInfo) -> BBDHeader:
+    """Everything decode.py needs besides the weights: codec, process, shapes, batch layout (the
+    `batch_sizes` the coder used; the plan has them up front only for a fixed schedule), where
     the message started, the device, and the model's SHA-256 (decoding with other weights must be
     refused) with the checkpoint's base name as a hint: no path of this machine goes into the file."""
     respacing = str(loaded.diffusion_cfg.get("timestep_respacing") or "")
@@ -57,7 +59,7 @@ def encode_header(loaded: LoadedModel, codec_name: str, precisions: Precisions, 
         model_flags=ModelFlags.from_config(loaded.model_cfg), diffusion_flags=diffusion_flags,
         clip_denoised=bool(clip_denoised), likelihood_std_min=float(likelihood_std_min),
         tiling=tiling.to_dict() if tiling is not None else None, initial_message=dict(initial_message),
-        batches=run_lengths(plan.batch_sizes), checkpoint_name=checkpoint_name, data_name=data_hint,
+        batches=run_lengths(batch_sizes), checkpoint_name=checkpoint_name, data_name=data_hint,
         rank=plan.rank, world_size=plan.world_size, device=device,
     )
 

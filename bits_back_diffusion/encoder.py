@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 import craystack as cs
 from improved_diffusion import logger
 
-from .codec import initial_message, message_bits
+from .coding import initial_message, message_bits
 from .codec_checkpoints import CodecState, checkpoint_name, newest_state
 from .batch_schedule import BatchSchedule, encode_batch, run_lengths
 from .data import ImageSet, eval_indices
@@ -53,8 +53,9 @@ class RoundtripError(RuntimeError):
 @dataclass
 class EncodePlan:
     """Which images this rank codes, on how many images' lanes, and the settings the message
-    depends on. `batch_sizes` is known up front for a fixed schedule; a growing one (Bit-Swap)
-    fills it in as the encoder chooses (see `batch_schedule`)."""
+    depends on. `batch_sizes` is known up front for a fixed schedule and empty for a growing one
+    (Bit-Swap), whose sizes the encoder chooses as it goes (see `batch_schedule`). The coder never
+    changes a plan: the sizes it used are `DatasetCoder.batch_sizes` / `coded_batch_sizes(state)`."""
 
     batch_size: int
     num_samples: int
@@ -87,9 +88,9 @@ class EncodePlan:
     def samples(self) -> int:
         return len(self.ids)
 
-    def dims(self, batches: Optional[int] = None) -> int:
-        count = sum(self.batch_sizes[: len(self.batch_sizes) if batches is None else batches])
-        return count * int(np.prod(self.image_shape))
+    def dims(self, sizes: Sequence[int]) -> int:
+        """Pixel values in batches of these sizes (the rate's denominator)."""
+        return int(sum(sizes)) * int(np.prod(self.image_shape))
 
     def schedule(self) -> BatchSchedule:
         return BatchSchedule(self.batch_size, self.grow)
@@ -123,6 +124,9 @@ class DatasetCoder:
         self.vlb_fn = vlb_fn
         self.save_seconds = 60.0 * float(save_minutes)
         self._last_save = _now()
+        # The batch sizes of the last encode or decode: the plan's own for a fixed schedule, the
+        # encoder's choices for a growing one (kept here so the plan stays as built).
+        self.batch_sizes: List[int] = list(plan.batch_sizes)
 
     # --- the initial message ---------------------------------------------------------------
     @property
@@ -183,7 +187,7 @@ class DatasetCoder:
                 "schedule": self.plan.schedule().to_dict(),
             })
         schedule = BatchSchedule.from_dict(state.stats["schedule"])
-        self.plan.batch_sizes = list(schedule.sizes)
+        self.batch_sizes = list(schedule.sizes)
         if state.samples_done == self.plan.samples:
             return state
         stats, message = state.stats, state.message
@@ -210,7 +214,7 @@ class DatasetCoder:
                     self._add_vlb(stats, pending)
             self._collect_trace(traces)
             stats["schedule"] = schedule.to_dict()
-            self.plan.batch_sizes = list(schedule.sizes)
+            self.batch_sizes = list(schedule.sizes)
             state = CodecState("encode", index + 1, done + size, message, self.plan.meta, stats)
             bar.update(self.codec.lm.model_evals - evals)
             bar.total = bar.n + self._encode_calls_left(schedule, state)
@@ -222,7 +226,7 @@ class DatasetCoder:
         return state
 
     def _rate_effective(self, state: CodecState) -> float:
-        return (message_bits(state.message) - state.stats["initial_bits"]) / max(self.plan.dims(state.batches_done), 1)
+        return (message_bits(state.message) - state.stats["initial_bits"]) / max(self.plan.dims(self.batch_sizes[:state.batches_done]), 1)
 
     def _collect_trace(self, traces: Dict[str, list]) -> None:
         trace = self.codec.trace
@@ -273,8 +277,8 @@ class DatasetCoder:
     # --- decode ----------------------------------------------------------------------------------
     def decode(self, encoded: CodecState) -> CodecState:
         """Pop every batch (last first), compare with the input, and check the initial bits came back."""
-        sizes = BatchSchedule.from_dict(encoded.stats["schedule"]).sizes
-        self.plan.batch_sizes = list(sizes)
+        sizes = coded_batch_sizes(encoded)
+        self.batch_sizes = list(sizes)
         starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
         state = self._resume("decode")
         total_batches = len(sizes)
@@ -344,13 +348,19 @@ def summarize(states: List[Dict[str, Any]]) -> Dict[str, Any]:
     }
 
 
+def coded_batch_sizes(encoded: CodecState) -> List[int]:
+    """The batch sizes an encode used, in coding order, from its state (its schedule)."""
+    return list(BatchSchedule.from_dict(encoded.stats["schedule"]).sizes)
+
+
 def rank_stats(plan: EncodePlan, encoded: CodecState, decoded: Optional[CodecState]) -> Dict[str, Any]:
     stats = dict(encoded.stats)
+    sizes = coded_batch_sizes(encoded)
     return {
-        "dims": plan.dims(),
+        "dims": plan.dims(sizes),
         "samples": plan.samples,
         "lanes": int(np.prod(plan.head_shape)),
-        "batches": run_lengths(plan.batch_sizes),
+        "batches": run_lengths(sizes),
         "final_bits": message_bits(encoded.message),
         "final_bytes": 4 * len(cs.flatten(encoded.message)),
         "initial_bits": stats["initial_bits"],

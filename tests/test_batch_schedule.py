@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import craystack as cs
 from bits_back_diffusion.batch_schedule import GROWTH_MARGIN, BatchSchedule, encode_batch, expand_runs, run_lengths
 from bits_back_diffusion.bitswap import BITSWAP_PRECISIONS, BitSwapCodec
-from bits_back_diffusion.codec import initial_message
+from bits_back_diffusion.coding import initial_message
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from test_bitswap import ConvNet, process
 

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import craystack as cs
-from bits_back_diffusion.codec import BitsBackCodec, Precisions, initial_message, message_bits
+from bits_back_diffusion.codec import BitsBackCodec
+from bits_back_diffusion.coding import Precisions, initial_message, message_bits
 from bits_back_diffusion.compiled_codecs import BACKENDS
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from improved_diffusion.script_util import create_gaussian_diffusion, create_model

@@ -16,7 +16,8 @@ from bits_back_diffusion.bitswap import (
     sampled_latent_codec,
     slot_key,
 )
-from bits_back_diffusion.codec import BitsBackCodec, Precisions, initial_message, message_bits
+from bits_back_diffusion.codec import BitsBackCodec
+from bits_back_diffusion.coding import Precisions, initial_message, message_bits
 from bits_back_diffusion.compiled_codecs import BACKENDS
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from bits_back_diffusion.vlb import batch_vlb

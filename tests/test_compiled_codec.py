@@ -16,7 +16,9 @@ from scipy.special import ndtr, ndtri
 
 import craystack as cs
 from bits_back_diffusion.bitswap import BITSWAP_PRECISIONS, BitSwapCodec, lane_groups
-from bits_back_diffusion.codec import BitsBackCodec, Precisions, build_codec, initial_message
+from bits_back_diffusion.codec import BitsBackCodec
+from bits_back_diffusion.codec_registry import build_codec
+from bits_back_diffusion.coding import Precisions, initial_message
 from bits_back_diffusion.compiled_codecs import BACKENDS
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from craystack.compiled import KIND_DISCRETIZED, KIND_GAUSSIAN_BINS, KIND_STD, CompiledMessage, kernels

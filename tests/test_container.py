@@ -18,7 +18,7 @@ from PIL import Image
 import craystack as cs
 from bits_back_diffusion.bitswap import BITSWAP_PRECISIONS, BitSwapCodec
 from bits_back_diffusion.checkpoints import state_dict_sha256
-from bits_back_diffusion.codec import initial_message
+from bits_back_diffusion.coding import initial_message
 from bits_back_diffusion.container import (FORMAT_VERSION, BBDFormatError, BBDHeader, DeviceInfo, DiffusionFlags,
                                            ModelFlags, framing_bytes, read_bbd, write_bbd)
 from bits_back_diffusion.bbd_header import HeaderError, name_hints

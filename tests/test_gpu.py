@@ -15,7 +15,7 @@ import torch
 import craystack as cs
 from bits_back_diffusion.batch_schedule import BatchSchedule, encode_batch
 from bits_back_diffusion.bitswap import BITSWAP_PRECISIONS, BitSwapCodec
-from bits_back_diffusion.codec import initial_message
+from bits_back_diffusion.coding import initial_message
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from bits_back_diffusion.runtime import set_determinism
 from improved_diffusion.script_util import create_gaussian_diffusion

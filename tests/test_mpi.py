@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from bits_back_diffusion.codec import message_bits
+from bits_back_diffusion.coding import message_bits
 from bits_back_diffusion.codec_checkpoints import CodecState
 from bits_back_diffusion.data import build_dataset
 from helpers import decode_script, make_run_dir, read_pngs, run_script

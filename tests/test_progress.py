@@ -49,7 +49,8 @@ def test_bars_count_model_calls_and_end_at_their_totals(tmp_path, monkeypatch):
 
     encoded = coder.encode()
     bar = RecordingBar.made[-1]
-    sizes = plan.batch_sizes
+    sizes = coder.batch_sizes
+    assert plan.batch_sizes == []  # the plan stays as built: the coder keeps the sizes it chose
     assert bar.unit == "call" and len(sizes) > 3 and max(sizes) > 1  # the batches grew
     assert bar.snapshots[0][1] is None  # nothing measured yet: no estimate rather than a wrong one
     assert bar.n == bar.total == lm.model_evals == steps * len(sizes)

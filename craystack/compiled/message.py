@@ -215,7 +215,7 @@ class CompiledMessage:
                 rans.EmptyTailWarning, stacklevel=3)
 
     def bits(self) -> float:
-        """`bits_back_diffusion.codec.message_bits` of the message this state holds (same
+        """`bits_back_diffusion.coding.message_bits` of the message this state holds (same
         float operations, so traces agree with the NumPy path exactly)."""
         words = self.length - int(self.meta[BORROWED])
         return 32.0 * words + float(np.log2(self.head.reshape(self.shape).astype(np.float64)).sum())
