@@ -118,7 +118,7 @@ def _tail(path: Path, chars: int = 3000) -> str:
 
 
 @pytest.mark.slurm
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     "how, mode, tasks, max_steps",
     [
@@ -126,8 +126,9 @@ def _tail(path: Path, chars: int = 3000) -> str:
         # Rank 0 leaves as soon as the signal arrives, so few steps suffice.
         ("usr2", "+mode=submitit", 2, 40),
         # Hydra's launcher without the mode: config/train.yaml's ${run_stamp:} sweep dir. submitit
-        # ignores the SIGTERM of a requeue, so training goes on until SIGKILL, some seconds later.
-        ("requeue", "hydra/launcher=submitit_slurm", 1, 250),
+        # ignores the SIGTERM of a requeue, so training goes on until SIGKILL, some seconds later:
+        # on an idle machine 250 steps were all done by then (about 10 ms a step), hence 1000.
+        ("requeue", "hydra/launcher=submitit_slurm", 1, 1000),
     ],
 )
 def test_requeued_training_resumes_in_the_same_run_dir(slurm_cluster, tmp_path, how, mode, tasks, max_steps):
@@ -188,7 +189,7 @@ def test_requeued_training_resumes_in_the_same_run_dir(slurm_cluster, tmp_path, 
         assert begin.returncode == 0, f"could not release requeued job {job_id}: {begin.stderr}"
 
         try:
-            proc.wait(timeout=180)
+            proc.wait(timeout=360)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"job {job_id} did not finish after the requeue:\n{_tail(rank0_out)}") from None
         assert proc.returncode == 0, f"launcher failed ({proc.returncode}):\n{_tail(launcher_log)}\n{_tail(rank0_out)}"
