@@ -63,7 +63,8 @@ import craystack as cs
 from craystack import _checks
 from craystack.compiled import (HEAD_MIN, KIND_DISCRETIZED, KIND_GAUSSIAN_BINS, KIND_STD, KIND_SUB_BINS,
                                 STATUS_BAD_CDF, STATUS_NOT_INCREASING, CompiledMessage, lane_cdf, lane_guess, mix32,
-                                pop_flagged, pop_state, push_flagged, push_renorm, push_state, quantized_guess,
+                                pop_flagged, pop_state, push_flagged, push_interval, push_renorm, push_state,
+                                quantized_guess,
                                 quantized_interval,
                                 quantized_pop, std_cdf_raw, sub_bin_setup)
 from craystack.compiled.kernels import compiled, lane_kernel
@@ -398,17 +399,13 @@ def _p_push(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, p
                 if st:
                     stat[lane] = 8 + st  # 8 +: the sub-bin codec
                     continue
-                freq = end - start
-                x, over, word = push_renorm(x, freq, prec)
-                x = push_state(x, x // freq, start, freq, prec, np.uint64(0))
+                x, over, word = push_interval(x, start, end - start, prec)
                 flags[lane] = over
                 words[lane] = word
             if st_c:
                 stat[lane] = st_c
                 continue
-            freq = end_c - start_c
-            x, over, word = push_renorm(x, freq, prec)
-            head[lane] = push_state(x, x // freq, start_c, freq, prec, np.uint64(0))
+            head[lane], over, word = push_interval(x, start_c, end_c - start_c, prec)
             flags2[lane] = over
             words2[lane] = word
         status, where = _first_error(stat, count, off)

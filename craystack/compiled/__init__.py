@@ -15,12 +15,12 @@ from .cdfs import (KIND_DISCRETIZED, KIND_GAUSSIAN_BINS, KIND_STD, KIND_SUB_BINS
                    quantized_pop,
                    std_cdf_raw, sub_bin_setup)
 from .message import (HEAD_MIN, CompiledMessage, generator_word, mix32, pop_flagged, pop_state, push_flagged,
-                      push_renorm, push_state)
+                      push_interval, push_renorm, push_state)
 from .special import ndtr, ndtri
 
 __all__ = [
     "CompiledMessage", "HEAD_MIN", "generator_word", "mix32", "pop_flagged", "push_flagged", "push_renorm",
-    "push_state", "pop_state", "ndtr", "ndtri",
+    "push_interval", "push_state", "pop_state", "ndtr", "ndtri",
     "KIND_STD", "KIND_GAUSSIAN_BINS", "KIND_DISCRETIZED", "KIND_SUB_BINS", "STATUS_BAD_CDF",
     "STATUS_NOT_INCREASING", "lane_cdf", "lane_guess", "quantized_cum", "quantized_guess", "quantized_interval",
     "quantized_pop", "sub_bin_setup", "std_cdf_raw",

@@ -81,6 +81,15 @@ def push_state(x, q, start, freq, prec, offset):
 
 
 @compiled(inline="always")
+def push_interval(x, start, freq, prec):
+    """Renormalise and push [start, start + freq) without a slot key: (state, overflowed, the low
+    word to move to the tail if it did). Keyed pushes call push_renorm and push_state themselves,
+    since their key depends on the quotient."""
+    x, over, word = push_renorm(x, freq, prec)
+    return push_state(x, x // freq, start, freq, prec, np.uint64(0)), over, word
+
+
+@compiled(inline="always")
 def pop_state(x, cf, start, freq, prec):
     """The state after popping the symbol [start, start + freq) that holds cf (before the
     caller refills it if it fell below 2**32)."""

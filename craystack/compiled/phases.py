@@ -19,7 +19,8 @@ from numba import prange
 
 from .cdfs import quantized_guess, quantized_interval, quantized_pop
 from .kernels import compiled, lane_kernel
-from .message import HEAD_MIN, pop_flagged, pop_state, push_flagged, push_renorm, push_state
+from .message import (HEAD_MIN, pop_flagged, pop_state, push_flagged, push_interval, push_renorm,
+                      push_state)
 
 __all__ = ["quantized_push_groups", "quantized_pop_groups", "uniform_push_groups", "uniform_pop_groups",
            "first_status"]
@@ -54,8 +55,7 @@ def quantized_push_groups(head, buf, meta, offsets, lanes, kind, edges, mu, sd, 
             stat[lane] = st
             freq = end - start
             if st == 0:
-                x, over, word = push_renorm(head[lane], freq, prec)
-                head[lane] = push_state(x, x // freq, start, freq, prec, np.uint64(0))
+                head[lane], over, word = push_interval(head[lane], start, freq, prec)
                 flags[lane] = over
                 words[lane] = word
         status, where = first_status(stat, count, off)
