@@ -5,7 +5,6 @@
     python encode.py diffusion.timestep_respacing=vlb100  # CIFAR-10 with the public L_vlb model
     python encode.py hydra.run.dir=<run dir>              # resume an interrupted run
     mpiexec -n 2 python encode.py ...                     # one shard and one message per rank
-    python encode.py mode=decode input=<run dir>/compressed.bbd output_dir=<dir>   # = decode.py
 
 The final message is written to <run dir>/compressed.bbd (compressed.rank<r>.bbd per MPI rank);
 `python decode.py input=<file or run dir> output_dir=<dir>` restores the images from it.
@@ -229,12 +228,15 @@ def main(cfg: DictConfig) -> None:
 
 
 def _decode_alias(argv: list) -> Optional[int]:
-    """`encode.py mode=decode input=... output_dir=...` runs decode.py's CLI (the issue's spelling)."""
-    if "mode=decode" not in argv:
+    """`encode.py mode=decode ...` (an old spelling) is refused: `mode` is the launcher group
+    (`+mode=submitit`), and decoding is decode.py's."""
+    if not any(a.lstrip("+").startswith("mode=decode") for a in argv):
         return None
-    import decode  # decode.py next to this script; the script's folder is on sys.path
-
-    return decode.main([a for a in argv if a != "mode=decode"])
+    rest = " ".join(a for a in argv if not a.lstrip("+").startswith("mode=decode"))
+    print("encode.py: error: `encode.py mode=decode` is no longer supported (`mode` selects the launcher: "
+          f"+mode=submitit); decode with: python decode.py {rest or 'input=<file or run dir> output_dir=<dir>'}",
+          file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

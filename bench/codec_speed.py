@@ -12,27 +12,21 @@ the codec's cost does not depend on the weights. Prints a markdown table and a J
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import time
+from pathlib import Path
 
-# OpenMP threads that spin while they wait stall every compiled pass when other processes share
-# the cores (measured on the 2-core machine under load: 2 threads 15x slower than 1 when spinning,
-# 1.4x faster than 1 when waiting passively); set before torch loads libgomp, which numba shares.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numba
+import numpy as np
+import torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-import craystack as cs  # noqa: E402
-from bits_back_diffusion.codec_registry import build_codec, codec_class  # noqa: E402
-from bits_back_diffusion.coding import initial_message  # noqa: E402
-from bits_back_diffusion.latent_model import DiffusionLatentModel  # noqa: E402
-from improved_diffusion.script_util import create_gaussian_diffusion, create_model  # noqa: E402
+import craystack as cs
+from bits_back_diffusion.codec_registry import build_codec, codec_class
+from bits_back_diffusion.coding import initial_message
+from bits_back_diffusion.latent_model import DiffusionLatentModel
+from improved_diffusion.script_util import create_gaussian_diffusion, create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,8 +56,8 @@ class RecordingModel(DiffusionLatentModel):
         self.calls.append(out)
         return out
 
-    def reverse(self, z, t):
-        return self._timed("reverse", super().reverse, z, t)
+    def reverse_raw(self, z, t):  # the network call under reverse (and under BB-ANS decode's tape)
+        return self._timed("reverse", super().reverse_raw, z, t)
 
     def posterior_top(self, x):
         return self._timed("posterior_top", super().posterior_top, x)
@@ -138,8 +132,7 @@ def main() -> None:
     x = np.random.default_rng(0).integers(0, 256, shape)
     print(f"device={device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''} "
           f"model={args.model} batch={args.batch} respacing={args.respacing} of 4000, timed steps={steps}, "
-          f"CPU threads={torch.get_num_threads()} (torch), numba threads={numba.config.NUMBA_NUM_THREADS}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}")
+          f"CPU threads={torch.get_num_threads()} (torch), numba threads={numba.config.NUMBA_NUM_THREADS}")
     results = {}
     print("| codec | direction | model ms/step | NumPy ms/step | compiled 1 thread | compiled 2 threads "
           "| NumPy / compiled 1T | 1T / 2T | codec (2T) / model |")
@@ -150,9 +143,13 @@ def main() -> None:
             print(f"| {name} | {direction} | {1e3 * r['model']:.1f} | {1e3 * r['numpy']:.1f} | "
                   f"{1e3 * r['numba_1']:.1f} | {1e3 * r['numba_2']:.1f} | {r['numpy'] / r['numba_1']:.2f} | "
                   f"{r['numba_1'] / r['numba_2']:.2f} | {r['numba_2'] / r['model']:.3f} |", flush=True)
+    layer = numba.threading_layer()
+    spin = f" (GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')})" if layer == "omp" else ""
+    print(f"numba threading layer: {layer}{spin}")
     print(json.dumps(results))
     if args.json:
-        settings = {"device": str(device), "model": args.model, "batch": args.batch, "respacing": args.respacing,
+        settings = {"threading_layer": layer, "device": str(device), "model": args.model, "batch": args.batch,
+                    "respacing": args.respacing,
                     "steps": steps, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
         Path(args.json).write_text(json.dumps({"settings": settings, "seconds_per_step": results}, indent=1))
 

@@ -30,11 +30,11 @@ class TimedLatentModel(DiffusionLatentModel):
 
     model_seconds: float = 0.0
 
-    def reverse(self, z, t):
+    def reverse_raw(self, z, t):  # the network call under reverse (and under BB-ANS decode's tape)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        out = super().reverse(z, t)
+        out = super().reverse_raw(z, t)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.model_seconds += time.perf_counter() - start

@@ -38,9 +38,10 @@ from bits_back_diffusion.bitswap import BITSWAP_PRECISIONS, BitSwapCodec, peak_d
 from bits_back_diffusion.classical import classical_rates  # noqa: E402
 from bits_back_diffusion.codec import BitsBackCodec  # noqa: E402
 from bits_back_diffusion.coding import Precisions, initial_message, message_bits  # noqa: E402
+from bits_back_diffusion.decoder import pop_batches  # noqa: E402
 from bits_back_diffusion.latent_model import DiffusionLatentModel  # noqa: E402
 from bits_back_diffusion.vlb import batch_vlb  # noqa: E402
-from improved_diffusion.script_util import create_gaussian_diffusion, create_model  # noqa: E402
+from improved_diffusion.script_util import create_gaussian_diffusion  # noqa: E402
 
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 FIXTURE = os.path.join(REPO, os.pardir, "shared", "fixtures")
@@ -65,10 +66,12 @@ class Bench:
 def load_fixture(cifar_images: int = 0) -> Bench:
     """The reference tiny CIFAR model with its two images, or (cifar_images > 0) with that many
     CIFAR-10 test images from ../shared/data at batch 16: CIFAR-shaped lanes, several batches."""
+    from bits_back_diffusion.models import build_model, read_weights
+
     flags = json.load(open(os.path.join(FIXTURE, "tiny_cifar_vlb.json")))
-    model = create_model(**flags["model"])
-    model.load_state_dict(torch.load(os.path.join(FIXTURE, "tiny_cifar_vlb.pt"), map_location="cpu", weights_only=True))
     diffusion_cfg = dict(flags["diffusion"], num_levels=256)
+    state = read_weights(os.path.join(FIXTURE, "tiny_cifar_vlb.pt"), "the reference fixture model")
+    model, _ = build_model(flags["model"], diffusion_cfg, state, torch.device("cpu"))
     if cifar_images <= 0:
         images = np.load(os.path.join(FIXTURE, "tiny_cifar_vlb.npz"))["x_uint8"].astype(np.int64)
         return Bench("fixture", model.eval(), flags["model"], diffusion_cfg, images, 256, 2)
@@ -80,25 +83,20 @@ def load_fixture(cifar_images: int = 0) -> Bench:
 
 
 def load_run(name: str, path: str) -> Bench:
-    """A training run dir (its .hydra/config.yaml) and its validation set."""
-    from omegaconf import OmegaConf
-
-    from bits_back_diffusion.checkpoints import strip_module_prefix
+    """A training run dir (its .hydra/config.yaml) and its validation set, through the loader
+    every script uses (models.load_run_model)."""
     from bits_back_diffusion.data import build_dataset
-    from bits_back_diffusion.models import resolve_checkpoint, run_dir_config
+    from bits_back_diffusion.models import ModelLoadError, load_run_model, run_dir_config
 
-    ckpt, run_dir = resolve_checkpoint(path)
-    saved = run_dir_config(run_dir) if run_dir else None
-    if saved is None:
-        raise SystemExit(f"{path}: need a run dir with .hydra/config.yaml (train it with: python train.py +experiment=digits)")
-    model_cfg = OmegaConf.to_container(saved.model, resolve=True)
-    diffusion_cfg = OmegaConf.to_container(saved.diffusion, resolve=True)
-    model = create_model(**model_cfg)
-    model.load_state_dict(strip_module_prefix(torch.load(ckpt, map_location="cpu", weights_only=True)))
+    try:
+        loaded = load_run_model(path, torch.device("cpu"))
+    except ModelLoadError as exc:
+        raise SystemExit(str(exc)) from None
+    saved = run_dir_config(os.path.dirname(loaded.checkpoint))
     ds = build_dataset(saved.data, "val")
     images = ds.get_batch(range(len(ds))).astype(np.int64)
     batch = int(saved.data.val.batch_size)
-    return Bench(name, model.eval(), model_cfg, diffusion_cfg, images, ds.num_levels, batch)
+    return Bench(name, loaded.model, loaded.model_cfg, loaded.diffusion_cfg, images, ds.num_levels, batch)
 
 
 def vlb_of(bench: Bench, diffusion, images: np.ndarray, seed: int = 0) -> float:
@@ -139,9 +137,9 @@ def run_codec(name: str, bench: Bench, diffusion, images: np.ndarray, check: boo
     if check:
         decoded = message
         ends = np.cumsum([0] + schedule.sizes)
-        for k in reversed(range(len(schedule.sizes))):
-            decoded, x = codec.decode(decoded, schedule.sizes[k])
-            if not np.array_equal(x, images[ends[k]:ends[k + 1]]):
+        for batch in pop_batches(codec, message, schedule.sizes):  # the loop decode.py runs
+            k, decoded = batch.index, batch.message
+            if not np.array_equal(batch.images, images[ends[k]:ends[k + 1]]):
                 raise SystemExit(f"{bench.name} {name}: batch {k} did not decode exactly")
         if not cs.message_equal(decoded, start):
             raise SystemExit(f"{bench.name} {name}: decoding did not restore the initial message")

@@ -403,8 +403,11 @@ class BBDHeader:
             raise HeaderError(str(exc)) from None
         need(info.tile_size == self.data_shape[1] and info.channels == self.data_shape[0],
              f"tiling of {info.channels}-channel {info.tile_size}-pixel tiles differs from data_shape {self.data_shape}")
-        need(info.num_tiles == self.num_images,
-             f"tiling covers {info.num_tiles} tiles, but the file holds num_images={self.num_images}")
+        share = len(range(self.rank, info.num_tiles, self.world_size))  # rank r of W holds tiles r, r+W, ...
+        need(share == self.num_images,
+             f"tiling covers {info.num_tiles} tiles" + (f", {share} of them rank {self.rank} of {self.world_size}'s"
+                                                         if self.world_size > 1 else "")
+             + f", but the file holds num_images={self.num_images}")
         need(info.names is None or all(isinstance(n, str) and len(n.encode()) <= LIMITS.tiling_names
                                        and not os.path.isabs(n) for n in info.names),
              "tiling names must be relative picture names")

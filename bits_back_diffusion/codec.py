@@ -11,6 +11,12 @@ Every latent is discretized into 2^prior_prec bins of equal mass under its own p
 prior codes are uniform over bin indices; the posterior is coded against those bins at
 latent_prec, the data at obs_prec. The model is called once per step in encode and in decode.
 The expected net cost per image is the negative ELBO, i.e. the VLB in bits.
+
+Decode must keep every step's prior and bin index until x is known and the posteriors can be
+pushed. It keeps them compactly (`bbans_tape.PriorTape`): the indices in the smallest integer
+type (2 bytes at prior_prec 10) and the model's float32 mean and log-variance, recomputing the
+float64 prior and the latent bit for bit when each posterior is pushed: 10 bytes per dimension
+per step instead of 28 (that module has the measurements and the design not chosen).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import numpy as np
 
 import craystack as cs
 
+from .bbans_tape import IndexTape, PriorTape
 from .coding import Precisions, StepTrace, message_bits, on_lanes
 from .latent_model import DiffusionLatentModel, Gaussian
 
@@ -76,7 +83,7 @@ class BitsBackCodec:
         uniform = lanes(cs.Uniform(self.prec.prior_prec))
         pop_bits, push_bits = [], []
         prior = self._std_prior(x_levels.shape)
-        indices = []
+        indices = IndexTape(self.prec.prior_prec, x_levels.shape, self.lm.num_steps)
         z_next = None
         for t in reversed(range(self.lm.num_steps)):
             posterior = self.lm.posterior_top(x) if z_next is None else self.lm.posterior(x, z_next, t + 1)
@@ -84,14 +91,14 @@ class BitsBackCodec:
             message, idx = lanes(self._posterior_codec(posterior, prior)).pop(message)
             if self.trace:
                 pop_bits.append(before - message_bits(message))
-            indices.append(idx)
+            indices.record(idx)
             z_next = self.lm.latent_to_model(self._latent_value(prior, idx))
             prior = self.lm.reverse(z_next, t)  # p(z_{t-1} | z_t), or the likelihood when t = 0
         before = message_bits(message) if self.trace else 0.0
         message, = lanes(self._likelihood_codec(prior)).push(message, x_levels)
         if self.trace:
             self.trace.data_bits.append(message_bits(message) - before)
-        for idx in reversed(indices):  # z_0 first, so z_{N-1} ends on top for the decoder
+        for idx in indices.bottom_up():  # z_0 first, so z_{N-1} ends on top for the decoder
             before = message_bits(message) if self.trace else 0.0
             message, = uniform.push(message, idx)
             if self.trace:
@@ -114,20 +121,18 @@ class BitsBackCodec:
         lanes = lambda codec: on_lanes(codec, batch, full)  # noqa: E731
         shape = (batch,) + tuple(message.head.shape[1:])
         uniform = lanes(cs.Uniform(self.prec.prior_prec))
-        prior = self._std_prior(shape)
-        priors, indices, latents = [], [], []
+        prior, raw = self._std_prior(shape), None
+        tape = PriorTape(self, shape, self.lm.num_steps)  # indices and raw priors, compact (see bbans_tape)
         for t in reversed(range(self.lm.num_steps)):
             message, idx = uniform.pop(message)
-            priors.append(prior)
-            indices.append(idx)
+            tape.record(idx, raw)
             z = self.lm.latent_to_model(self._latent_value(prior, idx))
-            latents.append(z)
-            prior = self.lm.reverse(z, t)
+            raw = self.lm.reverse_raw(z, t)
+            prior = self.lm.gaussian_from_raw(raw, t)
         message, x_levels = lanes(self._likelihood_codec(prior)).pop(message)
         x = self.lm.data_to_model(x_levels)
         # Give the posterior bits back, z_0 first (the encoder popped z_0 last).
-        for k in reversed(range(self.lm.num_steps)):  # k indexes top-down lists; t = N-1-k
-            t = self.lm.num_steps - 1 - k
-            posterior = self.lm.posterior_top(x) if k == 0 else self.lm.posterior(x, latents[k - 1], t + 1)
-            message, = lanes(self._posterior_codec(posterior, priors[k])).push(message, indices[k])
+        for t, idx, prior, z_above in tape.bottom_up():
+            posterior = self.lm.posterior_top(x) if z_above is None else self.lm.posterior(x, z_above, t + 1)
+            message, = lanes(self._posterior_codec(posterior, prior)).push(message, idx)
         return message, x_levels.astype(np.int64)

@@ -42,11 +42,14 @@ Design, and why:
   entries a few lanes ahead (`_touch`) so that the reads overlap with CDF work instead of
   stalling it. Per group a pop is two parallel passes (coarse bin plus, where no refill is
   needed, the sub-bin's guess; then the sub-bin) with a word scan after each; a push is one.
-* Threads: numba's OpenMP pool is libgomp's, shared with torch. Its threads spin while they
-  wait, which on a machine whose cores are busy with other work stalls every pass (measured on
-  2 busy cores: 2 threads 15x slower than 1); OMP_WAIT_POLICY=PASSIVE in the environment
-  avoids it (there: 1.4x faster than 1 thread). Small groups (< kernels.PARALLEL_MIN_LANES
-  lanes) always run single-threaded.
+* Threads: a Bit-Swap step starts about three parallel regions per lane group (48 at batch 16).
+  numba's workqueue layer costs ~110 us per region whatever the thread count, which cancelled
+  the second thread; libgomp costs a few us while its workers still spin from the previous
+  region. craystack.compiled.kernels therefore prefers OpenMP with a bounded spin
+  (GOMP_SPINCOUNT, kernels.CODEC_SPIN_COUNT): the unbounded default spin stalled torch's own
+  threads after each codec call. Small groups (< kernels.PARALLEL_MIN_LANES lanes) always run
+  single-threaded. Fork-join needs free cores: on cores busy with other work a second thread
+  can be slower than one.
 * Compilation: numba caches the compiled functions on disk (`cache=True`, next to the sources);
   the first run in a fresh checkout compiles them once (measured on this 2-core machine: about
   40 s of CPU time for all kernels in both builds), later processes load them from the cache.
@@ -70,6 +73,8 @@ from craystack.compiled import (HEAD_MIN, KIND_DISCRETIZED, KIND_GAUSSIAN_BINS, 
 from craystack.compiled.kernels import compiled, lane_kernel
 from craystack.compiled.phases import (first_status, quantized_pop_groups, quantized_push_groups,
                                        uniform_pop_groups, uniform_push_groups)
+
+from .bbans_tape import IndexTape, PriorTape
 
 __all__ = ["BACKENDS", "check_backend", "bitswap_encode", "bitswap_decode", "bbans_encode", "bbans_decode"]
 
@@ -713,7 +718,7 @@ def bbans_encode(codec, message: cs.Message, x_levels: np.ndarray) -> cs.Message
     x = lm.data_to_model(x_levels)
     pop_bits, push_bits = [], []
     prior = codec._std_prior(shape)
-    indices = []
+    indices = IndexTape(prec.prior_prec, shape, lm.num_steps)
     z_next = None
     for t in reversed(range(lm.num_steps)):
         posterior = lm.posterior_top(x) if z_next is None else lm.posterior(x, z_next, t + 1)
@@ -729,7 +734,7 @@ def bbans_encode(codec, message: cs.Message, x_levels: np.ndarray) -> cs.Message
         if tracking:
             pop_bits.append(before - state.bits())
         idx = idx.reshape(shape)
-        indices.append(idx)
+        indices.record(idx)
         z_next = lm.latent_to_model(codec._latent_value(prior, idx))
         prior = lm.reverse(z_next, t)
     before = state.bits() if tracking else 0.0
@@ -742,7 +747,7 @@ def bbans_encode(codec, message: cs.Message, x_levels: np.ndarray) -> cs.Message
     _raise_status(status, "DiscretizedGaussian")
     if tracking:
         codec.trace.data_bits.append(state.bits() - before)
-    for idx in reversed(indices):
+    for idx in indices.bottom_up():
         before = state.bits() if tracking else 0.0
         state.reserve(0, groups.count)
         uniform_push_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes, prec.prior_prec,
@@ -764,8 +769,8 @@ def bbans_decode(codec, message: cs.Message, batch: int) -> Tuple[cs.Message, np
     sc = groups.scratch
     edges = np.ascontiguousarray(cs.std_gaussian_buckets(prec.prior_prec))
     state = CompiledMessage(message)
-    prior = codec._std_prior(shape)
-    priors, indices, latents = [], [], []
+    prior, raw = codec._std_prior(shape), None
+    tape = PriorTape(codec, shape, lm.num_steps)  # what the posterior pushes need, compact (see bbans_tape)
     for t in reversed(range(lm.num_steps)):
         idx = np.empty(groups.count, dtype=np.int64)
         state.reserve(groups.count, 0)
@@ -774,11 +779,10 @@ def bbans_decode(codec, message: cs.Message, batch: int) -> Tuple[cs.Message, np
             _raise_status(-1, "Uniform")
         state.check("bbans")
         idx = idx.reshape(shape)
-        priors.append(prior)
-        indices.append(idx)
+        tape.record(idx, raw)
         z = lm.latent_to_model(codec._latent_value(prior, idx))
-        latents.append(z)
-        prior = lm.reverse(z, t)
+        raw = lm.reverse_raw(z, t)
+        prior = lm.gaussian_from_raw(raw, t)
     mean, std, lo, step, k = _discretized(prior[0], prior[1], groups, shape, lm)
     x_levels = np.empty(groups.count, dtype=np.int64)
     state.reserve(groups.count, 0)
@@ -789,11 +793,10 @@ def bbans_decode(codec, message: cs.Message, batch: int) -> Tuple[cs.Message, np
     state.check("bbans")
     x_levels = x_levels.reshape(shape)
     x = lm.data_to_model(x_levels)
-    for k_ in reversed(range(lm.num_steps)):
-        t = lm.num_steps - 1 - k_
-        posterior = lm.posterior_top(x) if k_ == 0 else lm.posterior(x, latents[k_ - 1], t + 1)
-        mean, std, bin_mean, bin_std = _posterior_params(posterior, priors[k_], groups, shape)
-        symbols = _checks.symbols(indices[k_], shape, 1 << prec.prior_prec, "DiagGaussian_GaussianBins")
+    for t, idx, prior, z_above in tape.bottom_up():
+        posterior = lm.posterior_top(x) if z_above is None else lm.posterior(x, z_above, t + 1)
+        mean, std, bin_mean, bin_std = _posterior_params(posterior, prior, groups, shape)
+        symbols = _checks.symbols(idx, shape, 1 << prec.prior_prec, "DiagGaussian_GaussianBins")
         state.reserve(0, groups.count)
         status, _ = quantized_push_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes,
                                           KIND_GAUSSIAN_BINS, edges, mean, std, bin_mean, bin_std,

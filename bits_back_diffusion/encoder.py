@@ -36,6 +36,7 @@ from .coding import initial_message, message_bits
 from .codec_checkpoints import CodecState, checkpoint_name, newest_state
 from .batch_schedule import BatchSchedule, encode_batch, run_lengths
 from .data import ImageSet, eval_indices
+from .decoder import pop_batches
 from .rank_results import wait_for_rank_results, write_rank_results
 
 INITIAL_SEED_OFFSET = 7919
@@ -276,7 +277,8 @@ class DatasetCoder:
 
     # --- decode ----------------------------------------------------------------------------------
     def decode(self, encoded: CodecState) -> CodecState:
-        """Pop every batch (last first), compare with the input, and check the initial bits came back."""
+        """Pop every batch (last first, `decoder.pop_batches`: the loop decode.py runs), compare
+        with the input, and check the initial bits came back."""
         sizes = coded_batch_sizes(encoded)
         self.batch_sizes = list(sizes)
         starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
@@ -289,11 +291,10 @@ class DatasetCoder:
         steps = self.codec.lm.num_steps
         bar = self._bar("decode", state.batches_done * steps, total_batches * steps)
         self._start_clock()
-        for done in range(state.batches_done, total_batches):
-            index = total_batches - 1 - done
+        evals = self.codec.lm.model_evals
+        for done, batch in enumerate(pop_batches(self.codec, message, sizes, state.batches_done), state.batches_done):
+            index, decoded, message = batch.index, batch.images, batch.message
             size = sizes[index]
-            evals = self.codec.lm.model_evals
-            message, decoded = self.codec.decode(message, size)
             batch_ids = self.plan.ids[starts[index]:starts[index] + size]
             original = self.dataset.get_batch(batch_ids).astype(np.int64)
             if not np.array_equal(decoded, original):
@@ -309,6 +310,7 @@ class DatasetCoder:
                                      f"disk: {'; '.join(changed[:5])}; {self.run_dir} would not restore them")
             state = CodecState("decode", done + 1, state.samples_done + size, message, self.plan.meta, state.stats)
             bar.update(self.codec.lm.model_evals - evals)
+            evals = self.codec.lm.model_evals
             bar.set_postfix(images=f"{state.samples_done}/{self.plan.samples}", batch=size)
             self._maybe_save(state, {}, size, final=done + 1 == total_batches)
         bar.close()

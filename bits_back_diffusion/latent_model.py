@@ -24,10 +24,20 @@ from improved_diffusion.respace import SpacedDiffusion
 from .coding_net import CodingNet
 
 Gaussian = Tuple[np.ndarray, np.ndarray]  # (mean, std)
+RawGaussian = Tuple[np.ndarray, np.ndarray]  # (mean, log-variance) as the network produced them
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
+
+
+def _host(t: torch.Tensor) -> np.ndarray:
+    """A contiguous host copy in the tensor's own dtype (float types NumPy lacks widen exactly to
+    float64); a copy, so a kept array never pins a larger buffer it was a view of."""
+    t = t.detach()
+    if t.dtype not in (torch.float16, torch.float32, torch.float64):
+        t = t.to(torch.float64)
+    return np.array(t.to("cpu").numpy(), copy=True, order="C")
 
 
 @dataclass
@@ -68,12 +78,24 @@ class DiffusionLatentModel:
 
     def reverse(self, z: torch.Tensor, t: int) -> Gaussian:
         """p(z_{t-1} | z_t) for t >= 1, or the likelihood's Gaussian p(x | z_0) for t = 0: one model call."""
+        return self.gaussian_from_raw(self.reverse_raw(z, t), t)
+
+    def reverse_raw(self, z: torch.Tensor, t: int) -> RawGaussian:
+        """`reverse` before the float64 step: the model's mean and log-variance on the host, in the
+        dtype the network produced (float32), half the bytes of the float64 (mean, std) pair. BB-ANS
+        decode keeps these for every step and recomputes the pair with `gaussian_from_raw`."""
         with torch.inference_mode():
             out = self.diffusion.p_mean_variance(self._net, z, self._steps(t, z.shape[0]), clip_denoised=self.clip_denoised)
         self.model_evals += 1
-        mean = _np(out["mean"])
+        return _host(out["mean"]), _host(out["log_variance"])
+
+    def gaussian_from_raw(self, raw: RawGaussian, t: int) -> Gaussian:
+        """The float64 (mean, std) of `reverse` from `reverse_raw`'s output. Elementwise NumPy on an
+        exact widening of the model's values, so the same raw arrays give the same bits every call:
+        recomputing a prior later is as exact as keeping it."""
+        mean = raw[0].astype(np.float64)
         low = max(self.std_range[0], self.likelihood_std_min if t == 0 else 0.0)
-        std = np.clip(np.exp(0.5 * _np(out["log_variance"])), low, self.std_range[1])
+        std = np.clip(np.exp(0.5 * raw[1].astype(np.float64)), low, self.std_range[1])
         return mean, std
 
     def posterior_top(self, x: torch.Tensor) -> Gaussian:

@@ -120,29 +120,73 @@ def model_and_diffusion_cfg(cfg: DictConfig, run_dir: Optional[str]) -> tuple[Di
     return model_cfg, diffusion_cfg
 
 
-def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
-    """Build the UNet and the respaced diffusion and load `cfg.evaluator.model_path` strictly."""
-    ckpt, run_dir = resolve_checkpoint(cfg.evaluator.model_path)
-    model_cfg, diffusion_cfg = model_and_diffusion_cfg(cfg, run_dir)
+class WeightsMismatch(ModelLoadError):
+    """A state dict that does not fit the architecture its flags describe (strict loading failed)."""
+
+
+def parameter_count(model_cfg: Dict[str, Any]) -> int:
+    """Numbers in the state dict `create_model(**model_cfg)` would have, counted on the meta device
+    (nothing is allocated), so flags can be checked against a checkpoint, or refused, cheaply."""
+    with torch.device("meta"):
+        model = create_model(**model_cfg)
+    return sum(t.numel() for t in model.state_dict().values())
+
+
+def build_model(model_cfg: Dict[str, Any], diffusion_cfg: Dict[str, Any], state: Dict[str, torch.Tensor],
+                device: torch.device) -> tuple[UNetModel, SpacedDiffusion]:
+    """The one place a UNet is built from flags, given its weights (strictly) and put on `device`
+    in eval mode, next to its process. Every loader (scripts' configs, a .bbd header, the
+    benches) comes through here, so all of them build the same model from the same flags.
+
+    Raises WeightsMismatch when `state` does not fit; errors of the diffusion flags propagate
+    unchanged, for the caller to name."""
     model = create_model(**model_cfg)
     try:
-        raw = dist_util.load_state_dict(ckpt, what="model weights", why=checkpoint_reason(ckpt, run_dir))
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsMismatch(str(exc)) from None
+    model.to(device).eval()
+    return model, create_gaussian_diffusion(**diffusion_cfg)
+
+
+def read_weights(ckpt: str, why: str, run_dir: Optional[str] = None, what: str = "model weights") -> Dict[str, torch.Tensor]:
+    """A checkpoint's state dict (weights-only unpickler, `module.` prefixes stripped); the
+    ModelLoadError names the file, and for a run dir an older checkpoint to try."""
+    try:
+        raw = dist_util.load_state_dict(ckpt, what=what, why=why)
     except dist_util.CheckpointReadError as exc:
         hint = "" if exc.unsafe or run_dir is None else _older_checkpoints_hint(run_dir, ckpt)
         raise ModelLoadError(f"{exc}{hint}") from None
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise ModelLoadError(f"checkpoint {ckpt} is not a state dict (a mapping of names to tensors); pass a model checkpoint")
-    state = strip_module_prefix(raw)
+    return strip_module_prefix(raw)
+
+
+def load_model(cfg: DictConfig, device: torch.device) -> LoadedModel:
+    """Build the UNet and the respaced diffusion and load `cfg.evaluator.model_path` strictly."""
+    ckpt, run_dir = resolve_checkpoint(cfg.evaluator.model_path)
+    model_cfg, diffusion_cfg = model_and_diffusion_cfg(cfg, run_dir)
+    parameter_count(model_cfg)  # flags that build no model are refused before the (large) file is read
+    state = read_weights(ckpt, checkpoint_reason(ckpt, run_dir), run_dir)
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+        model, diffusion = build_model(model_cfg, diffusion_cfg, state, device)
+    except WeightsMismatch as exc:
         raise ModelLoadError(
             f"checkpoint {ckpt} does not match the model config {model_cfg}: {str(exc)[:600]}\n"
             "choose the matching model=... group, or pass the training run dir as evaluator.model_path"
         ) from None
-    model.to(device).eval()
-    diffusion = create_gaussian_diffusion(**diffusion_cfg)
     return LoadedModel(model, diffusion, ckpt, state_dict_sha256(state), model_cfg, diffusion_cfg)
+
+
+def load_run_model(path: str, device: torch.device) -> LoadedModel:
+    """A training run dir's newest EMA weights with the architecture and process it was trained
+    with (its .hydra/config.yaml), for tools that take a run dir alone (bench/rates.py)."""
+    ckpt, run_dir = resolve_checkpoint(path)
+    if run_dir is None or run_dir_config(run_dir) is None:
+        raise ModelLoadError(f"{path}: need a training run dir with .hydra/config.yaml (train one with: "
+                             "python train.py +experiment=digits)")
+    empty = OmegaConf.create({"evaluator": {"model_path": run_dir}, "model": {}, "diffusion": {}})
+    return load_model(empty, device)
 
 
 def _older_checkpoints_hint(run_dir: str, unreadable: str) -> str:

@@ -74,9 +74,30 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Processes of this job on this node, as each launcher tells it (first one set wins).
+_LOCAL_SIZE_ENV_VARS = ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SUBMITIT_LOCAL_NTASKS",
+                        "SLURM_NTASKS_PER_NODE")
+
+
+def local_world_size() -> Optional[int]:
+    """Ranks on this node according to the launcher's environment; None when it does not say."""
+    for name in _LOCAL_SIZE_ENV_VARS:
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
 def default_backend() -> str:
-    """nccl when CUDA is usable, else gloo."""
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    """nccl when every rank of this node has a GPU of its own, else gloo: NCCL refuses two ranks on
+    one device ("Duplicate GPU detected"), which `local_device_index` allows (more ranks than GPUs,
+    e.g. `mpiexec -n 2` on a one-GPU machine)."""
+    if not torch.cuda.is_available():
+        return "gloo"
+    local = local_world_size()
+    if local is not None and local > torch.cuda.device_count():
+        return "gloo"
+    return "nccl"
 
 
 def expand_slurm_nodelist(nodelist: str) -> list[str]:

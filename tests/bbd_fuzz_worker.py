@@ -5,14 +5,13 @@
 Starts from a real small file (the version-2 fixture's 3 digits, rewritten as version 3), forges
 header fields and flips bytes, always with both CRCs recomputed (anyone can do that, so the CRC is
 no guard), and decodes each result with the digits demo checkpoint. Every crafted file must be
-refused with a .bbd error (BBDFormatError or decode.py's DecodeError), or decode to exactly the
+refused with a .bbd error (BBDFormatError or the decoder's DecodeError), or decode to exactly the
 original digits, within PER_FILE_SECONDS. Prints one JSON line of counts; a failure raises.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import struct
 import sys
@@ -30,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bits_back_diffusion.bbd_wire import header_to_bytes  # noqa: E402
+from bits_back_diffusion import decoder  # noqa: E402
 from bits_back_diffusion.container import BBDFormatError, DeviceInfo, read_bbd, write_bbd  # noqa: E402
 
 FIXTURE = REPO / "tests" / "fixtures" / "digits3_v2.bbd"
@@ -84,9 +84,6 @@ class Target:
         self.meta, self.payload = blob[16:16 + meta_len], blob[32 + meta_len:]
         self.expected = json.loads(FIXTURE.with_suffix(".json").read_text())["image_sha256"]
         self.path = work / "crafted.bbd"
-        spec = importlib.util.spec_from_file_location("decode_script", REPO / "decode.py")
-        self.decode = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(self.decode)
         self.counts = {"refused": 0, "decoded": 0}
         self.slowest = 0.0
 
@@ -95,9 +92,9 @@ class Target:
         self.path.write_bytes(blob)
         start = time.time()
         try:
-            _, images, _ = self.decode.decode_input(str(self.path), model_path=str(MODEL), log=lambda *_: None)
+            _, images, _ = decoder.decode_input(str(self.path), model_path=str(MODEL), log=lambda *_: None)
             result = "decoded"
-        except (BBDFormatError, self.decode.DecodeError):
+        except (BBDFormatError, decoder.DecodeError):
             result = "refused"
         took = time.time() - start
         self.slowest = max(self.slowest, took)

@@ -1,7 +1,6 @@
 """Builders shared by tests: tiny models saved as run dirs, and running the scripts for real."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -69,21 +68,21 @@ def script_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
 
 
 def run_script(script: str, overrides: List[str], timeout: float = 600, check: bool = True,
-               launcher: Optional[List[str]] = None) -> subprocess.CompletedProcess:
-    """Run `python <script> <overrides>` from the repo root, as a user would."""
+               launcher: Optional[List[str]] = None, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+    """Run `python <script> <overrides>` from the repo root, as a user would (`env`: extra variables)."""
     cmd = (launcher or []) + [sys.executable, str(REPO_ROOT / script)] + overrides
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=script_env(), capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=script_env(env), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
 
 
 def decode_script() -> ModuleType:
-    """decode.py as a module, to call its main() in-process (no interpreter start-up)."""
-    spec = importlib.util.spec_from_file_location("decode_script", REPO_ROOT / "decode.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """decode.py's command line as a library module (`main(argv)` composes config/decode.yaml with
+    the overrides, as the script does), to run it in-process (no interpreter start-up)."""
+    from bits_back_diffusion import decode_cli
+
+    return decode_cli
 
 
 def read_pngs(folder: Path, numbers) -> List[np.ndarray]:

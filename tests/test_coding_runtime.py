@@ -77,3 +77,26 @@ def test_each_rank_takes_a_visible_gpu(monkeypatch, local_rank, visible, expecte
         assert dist_util.dev() == torch.device(f"cuda:{expected}")
     finally:
         dist_util.cleanup_dist()
+
+
+@pytest.mark.parametrize("variable, ranks, visible, expected", [
+    ("MPI_LOCALNRANKS", "2", 1, "gloo"),  # mpiexec -n 2 on a one-GPU machine: NCCL would refuse the duplicate GPU
+    ("OMPI_COMM_WORLD_LOCAL_SIZE", "4", 8, "nccl"),
+    ("LOCAL_WORLD_SIZE", "8", 8, "nccl"),
+    (None, None, 1, "nccl"),  # the launcher does not say: one GPU per rank is assumed
+])
+def test_ranks_sharing_a_gpu_use_gloo(monkeypatch, variable, ranks, visible, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    for name in ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SUBMITIT_LOCAL_NTASKS",
+                 "SLURM_NTASKS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    if variable:
+        monkeypatch.setenv(variable, ranks)
+    assert dist_util.default_backend() == expected
+
+
+def test_without_cuda_the_backend_is_gloo(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("MPI_LOCALNRANKS", "1")
+    assert dist_util.default_backend() == "gloo"

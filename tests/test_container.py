@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import struct
@@ -22,7 +21,9 @@ from bits_back_diffusion.coding import initial_message
 from bits_back_diffusion.container import (FORMAT_VERSION, BBDFormatError, BBDHeader, DeviceInfo, DiffusionFlags,
                                            ModelFlags, framing_bytes, read_bbd, write_bbd)
 from bits_back_diffusion.bbd_header import HeaderError, name_hints
+from bits_back_diffusion import decoder
 from bits_back_diffusion.data.tiles import TilingInfo, split_image
+from bits_back_diffusion.decode_cli import main as decode_main
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from improved_diffusion.script_util import create_gaussian_diffusion, create_model
 from legacy_bbd import write_legacy_bbd
@@ -229,7 +230,7 @@ def test_header_is_compact_and_private():
 
 
 def test_every_header_field_survives_the_binary_layout():
-    tiled = header(num_images=5, data_shape=(3, 4, 4), batches=[[1, 1], [2, 2]],
+    tiled = header(num_images=2, data_shape=(3, 4, 4), batches=[[1, 2]],  # tiles 1 and 4 of 5: rank 1 of 3's
                    tiling={"tile_size": 4, "channels": 3, "images": [[5, 6, 2, 2, 3, 2], [4, 4, 1, 1, 0, 0]],
                            "names": ["a.png", "sub/b.png"]},
                    initial_message={"words_per_lane": 3, "seed": 2**62}, rank=1, world_size=3,
@@ -239,6 +240,18 @@ def test_every_header_field_survives_the_binary_layout():
     from bits_back_diffusion.bbd_wire import header_from_bytes, header_to_bytes
 
     assert header_from_bytes(header_to_bytes(tiled)) == tiled
+
+
+def test_a_rank_file_of_tiles_holds_its_share_of_them():
+    """Tiles are sharded like images (rank r of W: r, r+W, ...), so a 2-rank encode of 9 tiles
+    writes 5 and 4 of them; each file's header says so, and any other count is refused."""
+    tiling = {"tile_size": 4, "channels": 3, "images": [[12, 12, 3, 3, 0, 0]]}  # 9 tiles
+    for rank, share in ((0, 5), (1, 4)):
+        sizes = [[1, share]]
+        assert header(num_images=share, data_shape=(3, 4, 4), batches=sizes, tiling=tiling, rank=rank, world_size=2)
+        with pytest.raises(HeaderError, match=f"tiling covers 9 tiles, {share} of them rank {rank} of 2's, but the "
+                                              "file holds num_images=9"):
+            header(num_images=9, data_shape=(3, 4, 4), batches=[[1, 9]], tiling=tiling, rank=rank, world_size=2)
 
 
 def test_variable_batches_on_one_image_of_lanes(tmp_path):
@@ -281,13 +294,6 @@ DIFFUSION_FLAGS = dict(steps=100, learn_sigma=True, noise_schedule="cosine", use
                        rescale_learned_sigmas=True, timestep_respacing="6", num_levels=256)
 
 
-def load_decode_script():
-    spec = importlib.util.spec_from_file_location("decode_script", REPO / "decode.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def save_checkpoint(path, seed):
     torch.manual_seed(seed)
     model = create_model(**MODEL_FLAGS)
@@ -325,7 +331,6 @@ def encode_pictures(pictures, model, sha, ckpt, batch_size=3, seed=3):
 
 
 def test_decode_script_restores_pictures_from_file_and_checkpoint(tmp_path, capsys):
-    decode = load_decode_script()
     (tmp_path / "weights").mkdir()
     ckpt = tmp_path / "weights" / "model.pt"
     model, sha = save_checkpoint(ckpt, seed=0)
@@ -336,35 +341,34 @@ def test_decode_script_restores_pictures_from_file_and_checkpoint(tmp_path, caps
     assert str(tmp_path).encode() not in (tmp_path / "c.bbd").read_bytes()  # nothing about this machine
 
     out = tmp_path / "out"
-    assert decode.main([f"input={tmp_path / 'c.bbd'}", f"output_dir={out}"]) == 2  # nowhere to be found
+    assert decode_main([f"input={tmp_path / 'c.bbd'}", f"output_dir={out}"]) == 2  # nowhere to be found
     err = capsys.readouterr().err
     assert f"needs the checkpoint whose state dict has SHA-256 {sha} (the encoder's file was named model.pt)" in err
     assert "pass model_path=" in err and not out.exists()
-    assert decode.main([f"input={tmp_path / 'c.bbd'}", f"output_dir={out}", f"model_path={tmp_path / 'weights'}"]) == 0
+    assert decode_main([f"input={tmp_path / 'c.bbd'}", f"output_dir={out}", f"model_path={tmp_path / 'weights'}"]) == 0
     assert sorted(os.listdir(out)) == ["00000.png", "00001.png"]
     for i, want in enumerate(pictures):
         got = np.asarray(Image.open(out / f"{i:05d}.png")).transpose(2, 0, 1)
         np.testing.assert_array_equal(got, want)
 
-    assert decode.main([f"input={tmp_path / 'c.bbd'}", f"output_dir={out}"]) == 2  # no silent overwrite
+    assert decode_main([f"input={tmp_path / 'c.bbd'}", f"output_dir={out}"]) == 2  # no silent overwrite
     assert "already holds" in capsys.readouterr().err
     (tmp_path / "model.pt").write_bytes(ckpt.read_bytes())  # found beside the input by its name
-    assert decode.main([f"input={tmp_path / 'c.bbd'}", f"output_dir={tmp_path / 'o3'}"]) == 0
+    assert decode_main([f"input={tmp_path / 'c.bbd'}", f"output_dir={tmp_path / 'o3'}"]) == 0
     assert f"loading checkpoint from {tmp_path / 'model.pt'} (beside the input" in capsys.readouterr().out
 
     other = tmp_path / "other.pt"
     save_checkpoint(other, seed=1)
-    assert decode.main([f"input={tmp_path / 'c.bbd'}", f"output_dir={tmp_path / 'o2'}", f"model_path={other}"]) == 2
+    assert decode_main([f"input={tmp_path / 'c.bbd'}", f"output_dir={tmp_path / 'o2'}", f"model_path={other}"]) == 2
     assert f"pass the checkpoint with SHA-256 {sha}" in capsys.readouterr().err
-    assert decode.main(["input=x.bbd"]) == 2
+    assert decode_main(["input=x.bbd"]) == 2
     assert "missing output_dir" in capsys.readouterr().err
 
 
 def test_decode_script_level_modes():
-    decode = load_decode_script()
     levels = np.arange(17).reshape(1, 1, 17)
-    assert decode.to_pixels(levels, 17, "raw").tolist() == [list(range(17))]
-    scaled = decode.to_pixels(levels, 17, "scaled")[0]
+    assert decoder.to_pixels(levels, 17, "raw").tolist() == [list(range(17))]
+    scaled = decoder.to_pixels(levels, 17, "scaled")[0]
     assert scaled[0] == 0 and scaled[-1] == 255 and len(set(scaled.tolist())) == 17
 
 
@@ -384,7 +388,7 @@ def image_hashes(images):
 def test_version_2_file_decodes_with_this_code():
     """A file written by the version-2 writer (tests/fixtures), found its checkpoint through the
     digits data config's default (its recorded absolute path is not used), decodes exactly."""
-    header, images, numbers = load_decode_script().decode_input(str(FIXTURE), log=lambda *_: None)
+    header, images, numbers = decoder.decode_input(str(FIXTURE), log=lambda *_: None)
     want = fixture_expectations()
     assert header.checkpoint_name == "ema_0.999_004000.pt" and header.model_sha256 == want["model_sha256"]
     assert image_hashes(images) == want["image_sha256"] and numbers == [0, 1, 2]
@@ -396,21 +400,19 @@ def test_device_mismatch_is_refused_before_any_model_call(tmp_path, monkeypatch)
                      cudnn_version=90100, torch_threads=1)
     path = tmp_path / "gpu.bbd"
     write_bbd(str(path), dataclasses.replace(header, device=gpu), message)
-    decode = load_decode_script()
-
     def no_model(*args, **kwargs):
         raise AssertionError("the checkpoint was looked for before the device was checked")
 
-    monkeypatch.setattr(decode, "find_checkpoint", no_model)
-    with pytest.raises(decode.DecodeError, match=r"encoded on cuda \(NVIDIA H200, torch 2.5.1, CUDA 12.4, cuDNN 90100, "
+    monkeypatch.setattr(decoder, "find_checkpoint", no_model)
+    with pytest.raises(decoder.DecodeError, match=r"encoded on cuda \(NVIDIA H200, torch 2.5.1, CUDA 12.4, cuDNN 90100, "
                                                  r"1 threads\), but this decode would run on cpu .*allow_device_mismatch=true"):
-        decode.decode_input(str(path), device="cpu")
+        decoder.decode_input(str(path), device="cpu")
     if not torch.cuda.is_available():  # the default is the encoder's device kind
-        with pytest.raises(decode.DecodeError, match=r"on cuda, but this machine has no CUDA GPU .*NVIDIA H200"):
-            decode.decode_input(str(path))
+        with pytest.raises(decoder.DecodeError, match=r"on cuda, but this machine has no CUDA GPU .*NVIDIA H200"):
+            decoder.decode_input(str(path))
     monkeypatch.undo()
     logs = []  # an expert may try: this file was in fact made on a CPU, so it decodes
-    _, images, _ = decode.decode_input(str(path), device="cpu", allow_device_mismatch=True, log=logs.append)
+    _, images, _ = decoder.decode_input(str(path), device="cpu", allow_device_mismatch=True, log=logs.append)
     assert image_hashes(images) == fixture_expectations()["image_sha256"]
     assert any(line.startswith("WARNING: decoding on cpu") for line in logs)
 
@@ -418,16 +420,15 @@ def test_device_mismatch_is_refused_before_any_model_call(tmp_path, monkeypatch)
 def test_more_encoder_threads_than_cores_is_refused_unless_allowed(tmp_path, monkeypatch):
     """torch_threads=256 once made a decode 8x slower; on CPU the count must match the encoder's, so
     more threads than cores is refused before the model (an expert may still try, with a warning)."""
-    decode = load_decode_script()
     header_, message = read_bbd(str(FIXTURE))
     path = tmp_path / "threads.bbd"
     write_bbd(str(path), dataclasses.replace(header_, device=DeviceInfo(kind="cpu", torch_threads=256)), message)
-    monkeypatch.setattr(decode.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(decode, "find_checkpoint", lambda *a: pytest.fail("the model was looked for first"))
-    with pytest.raises(decode.DecodeError, match="encoded with 256 torch threads, and this machine has 2 cores"):
-        decode.decode_input(str(path), device="cpu")
+    monkeypatch.setattr(decoder.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(decoder, "find_checkpoint", lambda *a: pytest.fail("the model was looked for first"))
+    with pytest.raises(decoder.DecodeError, match="encoded with 256 torch threads, and this machine has 2 cores"):
+        decoder.decode_input(str(path), device="cpu")
     logs, before = [], torch.get_num_threads()
-    with decode.encoder_threads(read_bbd(str(path))[0], torch.device("cpu"), logs.append):
+    with decoder.encoder_threads(read_bbd(str(path))[0], torch.device("cpu"), logs.append):
         assert torch.get_num_threads() == 256
     assert torch.get_num_threads() == before
     assert any("256 torch threads and this machine has 2 cores" in line for line in logs)

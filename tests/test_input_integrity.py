@@ -305,7 +305,7 @@ def test_rgb_pictures_come_back_exactly_and_decode_checks_its_output_first(rgb_m
     assert_same_pictures([folder / "a.png", folder / "b.jpg", folder / "c.png"], out)
 
     # decoding again into the same folder, or into a file, is refused before any decoding
-    monkeypatch.setattr(decode, "decode_input", lambda *a, **k: pytest.fail("decoded before checking output_dir"))
+    monkeypatch.setattr(decode, "decode_to_dir", lambda *a, **k: pytest.fail("decoded before checking output_dir"))
     for target, message in ((out, "already holds decoded pictures"), (out / "00000.png", "is an existing file")):
         before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
         err = io.StringIO()  # not capsys: the library logger keeps the stdout it first saw

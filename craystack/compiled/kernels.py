@@ -31,12 +31,19 @@ __all__ = ["PARALLEL_MIN_LANES", "compiled", "lane_kernel"]
 
 PARALLEL_MIN_LANES = 2048  #: groups with fewer lanes than this run on one thread
 
-# numba's default threading layer is OpenMP, whose workers spin-wait between parallel regions and
-# share libgomp with torch: after one threaded codec pass, the model's next calls ran 4-25x slower
-# on the 2-core machine (measured with the demo's batch-1 UNet). The workqueue layer's workers sleep
-# instead. A layer chosen by the user (NUMBA_THREADING_LAYER) is kept.
+# Threading layer. A prange region costs about 110 us to start on numba's workqueue layer, whatever
+# the thread count (measured on the 2-core machine), and a Bit-Swap step starts about 3 per lane
+# group (48 at batch 16): that overhead ate the whole second thread. libgomp starts one in a few
+# microseconds while its workers still spin from the previous region, but by default they spin for
+# ~300,000 rounds after each, which on a 2-core machine stalled the model's next calls 4-25x (torch
+# runs its own libgomp copy beside numba's). So: OpenMP first, with a bounded spin (GOMP_SPINCOUNT,
+# read when numba loads its libgomp, i.e. at the first threaded pass): long enough to bridge the
+# word scan between two passes, short enough (well under a millisecond) to leave the cores to
+# torch soon after the codec is done. A layer or spin count chosen by the user is kept.
+CODEC_SPIN_COUNT = "20000"
 if not os.environ.get("NUMBA_THREADING_LAYER"):
-    numba.config.THREADING_LAYER = "workqueue"
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+    os.environ.setdefault("GOMP_SPINCOUNT", CODEC_SPIN_COUNT)
 _HERE = Path(__file__).resolve().parent
 
 
