@@ -163,3 +163,20 @@ def test_a_rank_refused_before_decoding_tells_rank_0(runs, tmp_path, monkeypatch
     monkeypatch.undo()
     with pytest.raises(DecodeError, match=r"decode rank 1 of 2 failed: DecodeError: .*NVIDIA A100"):
         parallel_decode.decode_to_dir(request, rank=0, world=2, log=lambda *_: None)
+
+
+def test_two_submitit_tasks_write_what_one_rank_writes(runs, tmp_path):
+    """`decode.py -m +mode=submitit_local` with 2 tasks (as a SLURM job of 2 tasks would run it,
+    through Hydra's submitit launcher): each task decodes its rank file, and the output dir is the
+    1-rank decode's."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    root, _ = runs
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert decode_script().main([f"input={root / 'digits'}", f"output_dir={one}"]) == 0
+    run_script("decode.py", ["-m", "+mode=submitit_local", "hydra.launcher.gpus_per_node=0",
+                             "hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1",
+                             f"hydra.sweep.dir={tmp_path / 'sweep'}", f"input={root / 'digits'}",
+                             f"output_dir={two}"], timeout=600)
+    assert folder_bytes(two) == folder_bytes(one)
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep").rglob("*_log.out"))
+    assert "decode rank 1 of 2: files compressed.rank1.bbd" in logs
