@@ -50,23 +50,36 @@ def index_dtype(prior_prec: int) -> np.dtype:
 
 
 class IndexTape:
-    """Encode's counterpart: the bin index of every step (popped top-down, pushed bottom-up with
-    the uniform prior once the data is on), one array for all steps in `index_dtype` (2 bytes
-    per dimension per step at prior_prec 10, instead of int64's 8: 0.39 GB instead of 1.57 GB
-    at 4000 steps, batch 16, CIFAR)."""
+    """The bin index of every step of one batch, one array for all steps in `index_dtype` (2 bytes
+    per dimension per step at prior_prec 10, instead of int64's 8). Encode pops them top-down and
+    pushes them bottom-up with the uniform prior once the data is on (0.39 GB instead of 1.57 GB at
+    4000 steps, batch 16, CIFAR); decode's `PriorTape` keeps its indices here too."""
 
     def __init__(self, prior_prec: int, shape: Tuple[int, ...], steps: int):
-        self._indices = np.empty((int(steps),) + tuple(shape), index_dtype(prior_prec))
+        self._shape = tuple(shape)
+        self._indices = np.empty((int(steps),) + self._shape, index_dtype(prior_prec))
         self._count = 0
 
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def step_nbytes(self) -> int:
+        """Bytes one recorded step takes."""
+        return self._indices[0].nbytes
+
     def record(self, idx: np.ndarray) -> None:
-        self._indices[self._count] = idx  # in range: popped with 2**prior_prec bins
+        self._indices[self._count] = np.asarray(idx).reshape(self._shape)  # in range: 2**prior_prec bins
         self._count += 1
 
+    def at(self, k: int) -> np.ndarray:
+        """The k-th recorded (top-down) indices as int64, what the coders take."""
+        return self._indices[k].astype(np.int64)
+
     def bottom_up(self) -> Iterator[np.ndarray]:
-        """The indices as int64 (what the coders take), last recorded first."""
+        """The indices, last recorded first."""
         for k in reversed(range(self._count)):
-            yield self._indices[k].astype(np.int64)
+            yield self.at(k)
 
 
 class PriorTape:
@@ -83,8 +96,7 @@ class PriorTape:
         self._codec = codec
         self._shape = tuple(shape)
         self._steps = int(steps)
-        self._indices: Optional[np.ndarray] = np.empty((self._steps,) + self._shape,
-                                                       index_dtype(codec.prec.prior_prec))
+        self._indices: Optional[IndexTape] = IndexTape(codec.prec.prior_prec, self._shape, self._steps)
         self._raw: Optional[np.ndarray] = None  # (steps - 1, 2, *shape): mean, log-variance below the top
         self._count = 0
         self.nbytes = 0
@@ -98,8 +110,8 @@ class PriorTape:
             raise ValueError(f"the tape holds {self._steps} steps and is full or already read back")
         if (raw is None) != (k == 0):
             raise ValueError("only the top step has the standard normal prior (raw=None)")
-        self._indices[k] = np.asarray(idx).reshape(self._shape)  # a uniform pop's indices fit the type
-        self.nbytes += self._indices[k].nbytes
+        self._indices.record(idx)
+        self.nbytes += self._indices.step_nbytes
         if raw is not None:
             if self._raw is None:
                 self._raw = np.empty((self._steps - 1, 2) + self._shape, raw[0].dtype)
@@ -117,9 +129,6 @@ class PriorTape:
         raw = (self._raw[k - 1, 0], self._raw[k - 1, 1])
         return self._codec.lm.gaussian_from_raw(raw, self._codec.lm.num_steps - k)
 
-    def _index(self, k: int) -> np.ndarray:
-        return self._indices[k].astype(np.int64)
-
     def bottom_up(self) -> Iterator[Tuple[int, np.ndarray, Gaussian, Optional[torch.Tensor]]]:
         """(t, bin indices, prior, z_{t+1} on the model's device or None at the top) for t = 0 .. N-1,
         the order the posterior pushes need; the tape lets its arrays go at the end."""
@@ -128,8 +137,8 @@ class PriorTape:
         for k in reversed(range(n)):
             above = self._prior(k - 1) if k > 0 else None
             z_above = None if k == 0 else self._codec.lm.latent_to_model(
-                self._codec._latent_value(above, self._index(k - 1)))
-            yield n - 1 - k, self._index(k), prior, z_above
+                self._codec._latent_value(above, self._indices.at(k - 1)))
+            yield n - 1 - k, self._indices.at(k), prior, z_above
             prior = above
         self._indices = self._raw = None
         self.nbytes = 0
