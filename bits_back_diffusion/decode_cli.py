@@ -56,9 +56,7 @@ def _ranks():
     used once, right here, while all ranks start together; never again while they decode)."""
     from improved_diffusion import dist_util
 
-    launched = (dist_util.under_mpi() or dist_util.under_slurm() or dist_util.under_submitit_local()
-                or all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")))
-    if not launched:
+    if not dist_util.under_launcher():
         return 0, 1
     dist_util.setup_dist("gloo")  # one barrier over TCP is all decode needs (NCCL refuses two ranks on one GPU)
     return dist_util.get_rank(), dist_util.get_world_size()

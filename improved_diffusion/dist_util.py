@@ -144,6 +144,17 @@ def under_submitit_local() -> bool:
     return all(name in os.environ for name in _SUBMITIT_LOCAL_ENV_VARS) and not under_mpi() and not under_slurm()
 
 
+def under_torchrun() -> bool:
+    """True when torchrun-style RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT variables are all set."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def under_launcher() -> bool:
+    """True when one of the launchers `setup_dist` knows started this process (else it would
+    set up a one-member group)."""
+    return under_mpi() or under_slurm() or under_submitit_local() or under_torchrun()
+
+
 def _job_port(job_id_var: str) -> int:
     """A port all tasks of one job agree on without communicating (MASTER_PORT wins)."""
     if "MASTER_PORT" in os.environ:
@@ -208,7 +219,7 @@ def setup_dist(backend: Optional[str] = None) -> None:
         local_rank = int(os.environ["SUBMITIT_LOCAL_LOCALID"])
         host = os.environ.get("MASTER_ADDR", "127.0.0.1")
         launcher, init_method = "submitit-local", f"tcp://{host}:{_job_port('SUBMITIT_LOCAL_JOB_ID')}"
-    elif all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
+    elif under_torchrun():
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         launcher, init_method = "env", "env://"
