@@ -66,6 +66,19 @@ class RecordingModel(DiffusionLatentModel):
         return self._timed("posterior", super().posterior, x, z_next, t_next)
 
 
+def bench_model(name: str, respacing: str, device: torch.device):
+    """(flags, model, diffusion): config/model/<name>.yaml with random weights (seed 0) on `device`,
+    and the 4000-step cosine process of the L_vlb checkpoints, respaced."""
+    import yaml
+
+    flags = yaml.safe_load((ROOT / "config" / "model" / f"{name}.yaml").read_text())
+    torch.manual_seed(0)
+    model = create_model(**flags).eval().to(device)
+    diffusion = create_gaussian_diffusion(steps=4000, learn_sigma=True, noise_schedule="cosine", use_kl=True,
+                                          rescale_timesteps=True, timestep_respacing=respacing)
+    return flags, model, diffusion
+
+
 def timed(codec, lm, fn, outputs, threads):
     """Seconds of `fn()` on replayed model outputs with `threads` numba threads (and its result)."""
     numba.set_num_threads(threads)
@@ -119,14 +132,7 @@ def main() -> None:
     parser.add_argument("--json", default="", help="also write the results (and the settings) to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
-
-    import yaml
-
-    flags = yaml.safe_load((ROOT / "config" / "model" / f"{args.model}.yaml").read_text())
-    torch.manual_seed(0)
-    model = create_model(**flags).eval().to(device)
-    diffusion = create_gaussian_diffusion(steps=4000, learn_sigma=True, noise_schedule="cosine", use_kl=True,
-                                          rescale_timesteps=True, timestep_respacing=args.respacing)
+    flags, model, diffusion = bench_model(args.model, args.respacing, device)
     steps = args.steps or diffusion.num_timesteps
     shape = (args.batch, flags.get("in_channels", 3), flags["image_size"], flags["image_size"])
     x = np.random.default_rng(0).integers(0, 256, shape)

@@ -20,14 +20,12 @@ from pathlib import Path
 import numba
 import numpy as np
 import torch
-import yaml
 
 from bits_back_diffusion.codec_registry import build_codec, codec_class
 from bits_back_diffusion.coding import initial_message
-from improved_diffusion.script_util import create_gaussian_diffusion, create_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from codec_speed import ROOT, RecordingModel  # noqa: E402
+from codec_speed import RecordingModel, bench_model  # noqa: E402
 
 
 def main() -> None:
@@ -35,11 +33,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2, help="numba threads for the codec")
     args = parser.parse_args()
-    flags = yaml.safe_load((ROOT / "config" / "model" / "cifar10.yaml").read_text())
-    torch.manual_seed(0)
-    model = create_model(**flags).eval()
-    diffusion = create_gaussian_diffusion(steps=4000, learn_sigma=True, noise_schedule="cosine", use_kl=True,
-                                          rescale_timesteps=True, timestep_respacing="vlb100")
+    _, model, diffusion = bench_model("cifar10", "vlb100", torch.device("cpu"))
     x = np.random.default_rng(0).integers(0, 256, (16, 3, 32, 32))
     lm = RecordingModel(model, diffusion, torch.device("cpu"), steps=args.steps)
     codec = build_codec("bitswap", lm, codec_class("bitswap").default_precisions, backend="numba")
