@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,17 @@ def script_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
                 "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")})
     env.update(extra or {})
     return env
+
+
+def mpiexec_command(ranks: int) -> List[str]:
+    """`mpiexec -n <ranks>`; a missing mpiexec fails the test (the test extra installs mpich), so the
+    MPI tests never pass by being skipped."""
+    import pytest
+
+    exe = shutil.which("mpiexec")
+    if exe is None:
+        pytest.fail("mpiexec not found: install the test extra (pip install -e '.[test]' brings mpich)")
+    return [exe, "-n", str(ranks)]
 
 
 def run_script(script: str, overrides: List[str], timeout: float = 600, check: bool = True,

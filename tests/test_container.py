@@ -41,6 +41,8 @@ def fresh_logger():
     logger.Logger.CURRENT = logger.Logger.DEFAULT = None
     yield
     logger.Logger.CURRENT = logger.Logger.DEFAULT = None
+
+
 SMALL_MODEL = ModelFlags(image_size=4, num_channels=32, num_res_blocks=1, learn_sigma=True, class_cond=False,
                          use_checkpoint=False, attention_resolutions="", num_heads=1, num_heads_upsample=-1,
                          use_scale_shift_norm=True, dropout=0.0, channel_mult="1", in_channels=3)

@@ -4,7 +4,6 @@ lie in both ranks' files, and the pictures are the originals."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Dict, List
 
@@ -14,19 +13,13 @@ import torch
 from PIL import Image
 
 from bits_back_diffusion.data import build_dataset
-from helpers import decode_script, make_run_dir, read_pngs, run_script
+from helpers import decode_script, make_run_dir, mpiexec_command, read_pngs, run_script
 
 pytestmark = pytest.mark.mpi
 
 FAST = ["wandb.mode=disabled", "diffusion.timestep_respacing=4", "evaluator.compute_vlb=false",
         "compare_classical=false", "check=false", "data.val.batch_size=2"]
 
-
-def mpiexec(n: int) -> List[str]:
-    exe = shutil.which("mpiexec")
-    if exe is None:
-        pytest.fail("mpiexec not found: install the test extra (pip install -e '.[test]' brings mpich)")
-    return [exe, "-n", str(n)]
 
 
 def tiled_folder(folder: Path) -> List[Path]:
@@ -44,7 +37,7 @@ def tiled_folder(folder: Path) -> List[Path]:
 
 def encode(model: Path, run_dir: Path, data: List[str], ranks: int, env: Dict[str, str] = None) -> None:
     run_script("encode.py", FAST + data + [f"evaluator.model_path={model}", f"hydra.run.dir={run_dir}"],
-               launcher=mpiexec(ranks), env=env)
+               launcher=mpiexec_command(ranks), env=env)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +63,7 @@ def test_two_ranks_write_what_one_rank_writes(runs, tmp_path, kind):
     assert sorted(p.name for p in run_dir.glob("compressed*.bbd")) == ["compressed.rank0.bbd", "compressed.rank1.bbd"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert decode_script().main([f"input={run_dir}", f"output_dir={one}"]) == 0
-    proc = run_script("decode.py", [f"input={run_dir}", f"output_dir={two}"], launcher=mpiexec(2))
+    proc = run_script("decode.py", [f"input={run_dir}", f"output_dir={two}"], launcher=mpiexec_command(2))
     assert "decode rank 1 of 2: files compressed.rank1.bbd" in proc.stdout
     assert "all 2 decode ranks finished" in proc.stdout
     assert folder_bytes(two) == folder_bytes(one)  # same names, same bytes; nothing else (no exchange folder)
@@ -90,7 +83,7 @@ def test_two_ranks_write_what_one_rank_writes(runs, tmp_path, kind):
 def test_three_ranks_for_two_files_are_refused_before_anything_is_read(runs, tmp_path):
     root, _ = runs
     out = tmp_path / "out"
-    proc = run_script("decode.py", [f"input={root / 'digits'}", f"output_dir={out}"], launcher=mpiexec(3),
+    proc = run_script("decode.py", [f"input={root / 'digits'}", f"output_dir={out}"], launcher=mpiexec_command(3),
                       check=False)
     assert proc.returncode != 0
     assert "3 decode ranks cannot share the 2 compressed file(s)" in proc.stderr
@@ -119,8 +112,8 @@ def test_two_ranks_decode_on_the_gpu(tmp_path):
     outs = {}
     for ranks in (1, 2):
         outs[ranks] = tmp_path / f"out{ranks}"
-        run_script("decode.py", [f"input={tmp_path / 'run'}", f"output_dir={outs[ranks]}"], launcher=mpiexec(ranks),
-                   env=env)
+        run_script("decode.py", [f"input={tmp_path / 'run'}", f"output_dir={outs[ranks]}"],
+                   launcher=mpiexec_command(ranks), env=env)
     assert folder_bytes(outs[2]) == folder_bytes(outs[1])
     for i, original in enumerate(originals):
         with Image.open(original) as want, Image.open(outs[2] / f"{i:05d}.png") as got:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -11,16 +10,10 @@ import pytest
 from bits_back_diffusion.coding import message_bits
 from bits_back_diffusion.codec_checkpoints import CodecState
 from bits_back_diffusion.data import build_dataset
-from helpers import decode_script, make_run_dir, read_pngs, run_script
+from helpers import decode_script, make_run_dir, mpiexec_command, read_pngs, run_script
 
 pytestmark = pytest.mark.mpi
 
-
-def mpiexec(n: int):
-    exe = shutil.which("mpiexec")
-    if exe is None:
-        pytest.fail("mpiexec not found: install the test extra (pip install -e '.[test]' brings mpich)")
-    return [exe, "-n", str(n)]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +29,7 @@ def test_compute_vlb_two_ranks_equals_one(model_dir, tmp_path):
     for n in (1, 2):
         run_dir = tmp_path / f"n{n}"
         run_script("compute_vlb.py", COMMON + [f"evaluator.model_path={model_dir}", "data.val.batch_size=3",
-                                               f"hydra.run.dir={run_dir}"], launcher=mpiexec(n))
+                                               f"hydra.run.dir={run_dir}"], launcher=mpiexec_command(n))
         results[n] = json.loads((run_dir / "results.json").read_text())
         assert not list(tmp_path.glob(f"n{n}/.hydra/rank0")), "rank 0 owns .hydra itself"
     assert results[2]["world_size"] == 2 and results[2]["samples"] == results[1]["samples"] == 8
@@ -49,9 +42,11 @@ def test_encode_two_ranks_roundtrip_and_aggregate(model_dir, tmp_path):
     one = tmp_path / "n1"
     two = tmp_path / "n2"
     run_script("encode.py", COMMON + [f"evaluator.model_path={model_dir}", "data.val.batch_size=2",
-                                      "evaluator.compute_vlb=true", f"hydra.run.dir={one}"], launcher=mpiexec(1))
+                                      "evaluator.compute_vlb=true", f"hydra.run.dir={one}"],
+               launcher=mpiexec_command(1))
     run_script("encode.py", COMMON + [f"evaluator.model_path={model_dir}", "data.val.batch_size=2",
-                                      "evaluator.compute_vlb=true", f"hydra.run.dir={two}"], launcher=mpiexec(2))
+                                      "evaluator.compute_vlb=true", f"hydra.run.dir={two}"],
+               launcher=mpiexec_command(2))
     r1 = json.loads((one / "results.json").read_text())
     r2 = json.loads((two / "results.json").read_text())
     assert r2["world_size"] == 2 and r2["samples"] == 8 and r2["roundtrip_ok"] is True

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from bits_back_diffusion import run_dir as run_dirs
 from bits_back_diffusion import runtime
-from helpers import REPO_ROOT, compose_cfg, make_run_dir, run_script, script_env
+from helpers import REPO_ROOT, compose_cfg, make_run_dir, mpiexec_command, run_script, script_env
 from improved_diffusion import dist_util
 
 if str(REPO_ROOT) not in sys.path:  # the scripts live at the repo root
@@ -193,12 +193,7 @@ def test_a_launched_config_keeps_its_run_dir_when_unpickled(tmp_path, monkeypatc
 @pytest.mark.mpi
 def test_two_mpiexec_jobs_with_default_run_dirs_get_one_dir_each(model_dir, tmp_path):
     """Rank 0 of each job picks the dir (a suffix when another job took the name) and shares it."""
-    import shutil
-
-    mpiexec = shutil.which("mpiexec")
-    if mpiexec is None:
-        pytest.fail("mpiexec not found: install the test extra (pip install -e '.[test]' brings mpich)")
-    cmd = [mpiexec, "-n", "2", sys.executable, str(REPO_ROOT / "compute_vlb.py"), *VLB,
+    cmd = [*mpiexec_command(2), sys.executable, str(REPO_ROOT / "compute_vlb.py"), *VLB,
            f"evaluator.model_path={model_dir}"]
     jobs = [subprocess.Popen(cmd, cwd=tmp_path, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True) for _ in range(2)]

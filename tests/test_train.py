@@ -25,6 +25,7 @@ if str(REPO) not in sys.path:  # train.py is a script at the repo root, not part
     sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402
+from helpers import mpiexec_command  # noqa: E402
 from improved_diffusion import dist_util, fp16_util, logger  # noqa: E402
 from improved_diffusion.script_util import create_model  # noqa: E402
 from improved_diffusion.train_util import TrainLoop, find_resume_checkpoint  # noqa: E402
@@ -490,13 +491,10 @@ train.main()
 
 @pytest.mark.mpi
 def test_mpiexec_two_ranks_train_identical_parameters(tmp_path):
-    mpiexec = shutil.which("mpiexec") or shutil.which("mpirun")
-    if mpiexec is None:
-        pytest.skip("mpiexec is not installed (pip install mpich)")
     script = tmp_path / "mpi_train.py"
     script.write_text(textwrap.dedent(MPI_SCRIPT))
     run_dir = tmp_path / "run"
-    args = [mpiexec, "-n", "2", sys.executable, str(script), str(tmp_path), *TINY, f"hydra.run.dir={run_dir}",
+    args = [*mpiexec_command(2), sys.executable, str(script), str(tmp_path), *TINY, f"hydra.run.dir={run_dir}",
             "trainer.max_steps=2", "trainer.save_interval=2", "trainer.schedule_sampler=loss-second-moment"]
     done = subprocess.run(args, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -17,6 +17,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import train  # noqa: E402
+from helpers import mpiexec_command  # noqa: E402
 from improved_diffusion import logger  # noqa: E402
 from improved_diffusion.resample import LossSecondMomentResampler, UniformSampler  # noqa: E402
 from improved_diffusion.train_util import NoCompleteCheckpointError, TrainLoop  # noqa: E402
@@ -184,12 +185,9 @@ def test_truncated_explicit_resume_checkpoint_is_named(four_steps, tmp_path):
 @pytest.mark.mpi
 def test_two_rank_resume_is_bit_exact(tmp_path):
     """Under mpiexec every rank's RNG state and data position are saved and restored."""
-    mpiexec = shutil.which("mpiexec") or shutil.which("mpirun")
-    if mpiexec is None:
-        pytest.skip("mpiexec is not installed (pip install mpich)")
 
     def run(run_dir: Path, steps: int) -> None:
-        args = [mpiexec, "-n", "2", sys.executable, str(REPO / "train.py"), *TINY, f"hydra.run.dir={run_dir}",
+        args = [*mpiexec_command(2), sys.executable, str(REPO / "train.py"), *TINY, f"hydra.run.dir={run_dir}",
                 f"trainer.max_steps={steps}", "trainer.save_interval=2", "model.dropout=0.1"]
         done = subprocess.run(args, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
