@@ -72,38 +72,3 @@ def test_cifar_shaped_roundtrip_on_the_device_is_exact_and_repeatable(tiny_fixtu
     start = initial_message(codec, (1,) + cifar_images.shape[1:], seed=0)
     assert cs.message_equal(message, start), "the message did not return to its initial bits"
 
-
-def test_a_file_encoded_on_the_device_is_refused_on_the_cpu_before_the_model(coding_device, tmp_path, monkeypatch):
-    """encode.py on CUDA records the device; decoding that file on the CPU is refused before the
-    checkpoint is even looked for (its model outputs would differ in the last bits), and the
-    default decode (the encoder's device kind) restores the pictures."""
-    if coding_device.type != "cuda":
-        pytest.skip("needs two device kinds: the file must come from CUDA to be refused on the CPU")
-    from PIL import Image
-
-    from bits_back_diffusion import decoder
-    from bits_back_diffusion.container import read_bbd
-    from helpers import make_run_dir, run_script
-
-    folder = tmp_path / "pictures"
-    folder.mkdir()
-    rng = np.random.default_rng(3)
-    pictures = [rng.integers(0, 17, (8, 8)).astype(np.uint8) for _ in range(3)]
-    for i, picture in enumerate(pictures):
-        Image.fromarray(picture, mode="L").save(folder / f"{i}.png")
-    model, run = make_run_dir(tmp_path / "model", seed=5), tmp_path / "run"
-    run_script("encode.py", ["data=folder", f"data.val.data_dir={folder}", "data.channels=1", "data.num_levels=17",
-                             "data.image_size=8", "data.val.batch_size=3", "wandb.mode=disabled",
-                             "diffusion.timestep_respacing=4", "evaluator.compute_vlb=false", "compare_classical=false",
-                             f"evaluator.model_path={model}", f"hydra.run.dir={run}"])
-    header, _ = read_bbd(str(run / "compressed.bbd"))
-    assert header.device.kind == "cuda"
-    looked_up = []
-    real_find = decoder.find_checkpoint
-    monkeypatch.setattr(decoder, "find_checkpoint", lambda *a, **k: looked_up.append(a) or real_find(*a, **k))
-    with pytest.raises(decoder.DecodeError, match=r"encoded on cuda .*but this decode would run on cpu"):
-        decoder.decode_input(str(run), device="cpu")
-    assert not looked_up, "the checkpoint was looked for before the device was checked"
-    _, images, _ = decoder.decode_input(str(run), log=lambda *_: None)
-    for got, want in zip(images, pictures):
-        np.testing.assert_array_equal(np.asarray(got)[0], want)
