@@ -54,7 +54,7 @@ def _encode(cfg: DictConfig, session: ScriptSession) -> Dict[str, Any]:
     decoded = coder.decode(encoded) if cfg.check else None  # raises before a wrong file is written
     header = encode_header(loaded, codec.name, precisions, plan, coder.batch_sizes, dataset.num_levels,
                            coder.initial_message_spec(), tiling, bool(cfg.evaluator.clip_denoised),
-                           float(cfg.codec.likelihood_std_min), str(cfg.data.name), DeviceInfo.of(rt.device))
+                           float(cfg.codec.likelihood_std_min), str(cfg.data.name), DeviceInfo.of(rt.device, codec.coder))
     path, size = write_compressed(rt.run_dir, header, encoded.message)
     gathered = gather_stats({**rank_stats(plan, encoded, decoded), "file": path, "file_bytes": size},
                             rt.run_dir, rt.rank, rt.world_size, show_progress=rt.is_main)
@@ -120,7 +120,7 @@ def _prepare(cfg: DictConfig, rt: runtime.Runtime) -> Prepared:
     latent_model = DiffusionLatentModel(loaded.model, loaded.diffusion, rt.device, bool(cfg.evaluator.clip_denoised),
                                         float(cfg.codec.likelihood_std_min))
     codec = build_codec(str(cfg.codec.name), latent_model, precisions, track=bool(cfg.codec.track),
-                        backend=str(cfg.codec.get("backend", "numba")))
+                        backend=str(cfg.codec.get("backend", "numba")), coder=_coder_setting(cfg))
     respacing = loaded.diffusion_cfg.get("timestep_respacing") or ""
     per_rank = len(eval_indices(dataset, count.requested, 0, rt.world_size))  # rank 0 has the most
     batch_size = coding_batch_size(cfg.data.val.batch_size, per_rank, rt.world_size)
@@ -130,7 +130,7 @@ def _prepare(cfg: DictConfig, rt: runtime.Runtime) -> Prepared:
         "steps": loaded.diffusion.num_timesteps, "batch_size": batch_size,
         "num_samples": int(cfg.evaluator.num_samples), "seed": int(cfg.seed), "world_size": rt.world_size,
         "clip_denoised": bool(cfg.evaluator.clip_denoised), "data": str(cfg.data.name),
-        "lane_images": head_images, "grow_batches": grow, **device_meta(rt.device),
+        "lane_images": head_images, "grow_batches": grow, **device_meta(rt.device, codec.coder),
         "likelihood_std_min": float(cfg.codec.likelihood_std_min),
     }
     plan = EncodePlan.build(dataset, batch_size, count.requested, rt.rank, rt.world_size, meta, head_images, grow)
@@ -148,6 +148,12 @@ def _prepare(cfg: DictConfig, rt: runtime.Runtime) -> Prepared:
                          vlb_fn if cfg.evaluator.compute_vlb else None, save_minutes)
     coder.check_resume()
     return Prepared(loaded, dataset, codec, precisions, plan, tiling, coder, count)
+
+
+def _coder_setting(cfg: DictConfig) -> Optional[str]:
+    """codec.coder, None for the device's default (null or absent)."""
+    value = cfg.codec.get("coder", None)
+    return None if value is None else str(value)
 
 
 def check_save_settings(cfg: DictConfig) -> Tuple[int, float]:

@@ -5,9 +5,11 @@
 
 For each codec (bitswap with lanes for one image, bbans with lanes for the whole batch) and
 direction, the model runs once (its time per step is reported) and its outputs are recorded;
-the codec is then timed on the NumPy path and on the compiled path with 1 and 2 numba threads,
-replaying the recorded outputs, so every path codes the very same batch. All paths must give
-the same message (checked). Weights are random: the architecture sets the model's cost, and
+the codec is then timed on the NumPy path and on the compiled path's host coder with 1 and 2
+numba threads, replaying the recorded outputs, so every path codes the very same batch. All
+these paths must give the same message (checked). With --device cuda, Bit-Swap is also timed on
+the CUDA coder (kernels on the GPU, its own model outputs kept there, replayed the same way); its
+messages differ from the host's in the last bits of the CDFs, so it is checked by decoding. Weights are random: the architecture sets the model's cost, and
 the codec's cost does not depend on the weights. Prints a markdown table and a JSON line.
 """
 from __future__ import annotations
@@ -59,6 +61,9 @@ class RecordingModel(DiffusionLatentModel):
     def reverse_raw(self, z, t):  # the network call under reverse (and under BB-ANS decode's tape)
         return self._timed("reverse", super().reverse_raw, z, t)
 
+    def reverse_on_device(self, z, t):  # the CUDA coder's network call
+        return self._timed("reverse", super().reverse_on_device, z, t)
+
     def posterior_top(self, x):
         return self._timed("posterior_top", super().posterior_top, x)
 
@@ -91,7 +96,7 @@ def timed(codec, lm, fn, outputs, threads):
 def bench_codec(name, model, diffusion, x, steps, device):
     lm = RecordingModel(model, diffusion, device, steps=steps)
     precisions = codec_class(name).default_precisions
-    codecs = {b: build_codec(name, lm, precisions, backend=b) for b in ("numpy", "numba")}
+    codecs = {b: build_codec(name, lm, precisions, backend=b, coder="host") for b in ("numpy", "numba")}
     head = 1 if codecs["numpy"].shares_lanes else x.shape[0]
     start = initial_message(codecs["numpy"], (head,) + x.shape[1:], seed=0)
     rows = {}
@@ -118,7 +123,37 @@ def bench_codec(name, model, diffusion, x, steps, device):
                 raise SystemExit(f"{name} {direction}: the {label} path gave a different message")
             times[label] = seconds / steps
         rows[direction] = dict(model=model_s / steps, **times)
+    if device.type == "cuda" and name == "bitswap":
+        for direction, seconds in bench_cuda_coder(lm, precisions, start, x, steps).items():
+            rows[direction]["cuda"] = seconds
     return rows
+
+
+def bench_cuda_coder(lm, precisions, start, x, steps):
+    """Seconds per step of the CUDA coder's encode and decode, on replayed model outputs of its own
+    (recorded on a first pass that also compiles the kernels); its decode must give back x and
+    the initial message."""
+    codec = build_codec("bitswap", lm, precisions, backend="numba", coder="cuda")
+    lm.calls, lm.replay = [], None
+    with torch.no_grad():
+        encoded = codec.encode(start, x)
+    enc_calls = lm.calls
+    lm.calls = []
+    with torch.no_grad():
+        decoded, back = codec.decode(encoded, x.shape[0])
+    dec_calls = lm.calls
+    if not (np.array_equal(back, x) and cs.message_equal(decoded, start)):
+        raise SystemExit("bitswap: the CUDA coder did not decode its own message exactly")
+    out = {}
+    for direction, calls, run in (("encode", enc_calls, lambda: codec.encode(start, x)),
+                                  ("decode", dec_calls, lambda: codec.decode(encoded, x.shape[0])[0])):
+        seconds, message = timed(codec, lm, run, calls, 1)
+        torch.cuda.synchronize()
+        if not cs.message_equal(message, encoded if direction == "encode" else decoded):
+            raise SystemExit(f"bitswap {direction}: the CUDA coder is not repeatable")
+        out[direction] = seconds / steps
+    lm.replay = None
+    return out
 
 
 def main() -> None:
@@ -128,7 +163,7 @@ def main() -> None:
     parser.add_argument("--respacing", default="vlb100")
     parser.add_argument("--steps", type=int, default=0, help="time only the first N respaced steps (0: all)")
     parser.add_argument("--codecs", default="bitswap,bbans")
-    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda); the codec runs on CPU threads")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda); with cuda, Bit-Swap's CUDA coder is timed too")
     parser.add_argument("--json", default="", help="also write the results (and the settings) to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -141,14 +176,15 @@ def main() -> None:
           f"CPU threads={torch.get_num_threads()} (torch), numba threads={numba.config.NUMBA_NUM_THREADS}")
     results = {}
     print("| codec | direction | model ms/step | NumPy ms/step | compiled 1 thread | compiled 2 threads "
-          "| NumPy / compiled 1T | 1T / 2T | codec (2T) / model |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| NumPy / compiled 1T | 1T / 2T | codec (2T) / model | CUDA coder ms/step | CUDA coder / model |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.codecs.split(","):
         results[name] = bench_codec(name, model, diffusion, x, steps, device)
         for direction, r in results[name].items():
+            gpu = (f"{1e3 * r['cuda']:.2f} | {r['cuda'] / r['model']:.3f}" if "cuda" in r else "- | -")
             print(f"| {name} | {direction} | {1e3 * r['model']:.1f} | {1e3 * r['numpy']:.1f} | "
                   f"{1e3 * r['numba_1']:.1f} | {1e3 * r['numba_2']:.1f} | {r['numpy'] / r['numba_1']:.2f} | "
-                  f"{r['numba_1'] / r['numba_2']:.2f} | {r['numba_2'] / r['model']:.3f} |", flush=True)
+                  f"{r['numba_1'] / r['numba_2']:.2f} | {r['numba_2'] / r['model']:.3f} | {gpu} |", flush=True)
     layer = numba.threading_layer()
     spin = f" (GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')})" if layer == "omp" else ""
     print(f"numba threading layer: {layer}{spin}")

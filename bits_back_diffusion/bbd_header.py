@@ -225,10 +225,12 @@ class DeviceInfo:
     deterministic: bool = True
     tf32: bool = False
     torch_threads: int = 0  # 0: unknown (v1/v2 files without it)
+    coder: str = "host"  # which kernels coded the message (coders.CODERS); files before v4: host
 
     @classmethod
-    def of(cls, device: Any) -> "DeviceInfo":
-        """This process's device (torch.device or its type name) and determinism settings."""
+    def of(cls, device: Any, coder: str = "host") -> "DeviceInfo":
+        """This process's device (torch.device or its type name) and determinism settings, and the
+        coder that codes on it (`coders.choose_coder`)."""
         import torch
 
         kind = str(getattr(device, "type", device))
@@ -242,6 +244,7 @@ class DeviceInfo:
             deterministic=bool(torch.are_deterministic_algorithms_enabled()),
             tf32=bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32),
             torch_threads=int(torch.get_num_threads()),
+            coder=coder,
         )
 
     def __post_init__(self) -> None:
@@ -251,13 +254,15 @@ class DeviceInfo:
         _int_in("device cudnn_version", self.cudnn_version, 0, 1 << 31)
         _int_in("device torch_threads", self.torch_threads, 0, LIMITS.torch_threads)
         _bools(self, ("deterministic", "tf32"))
+        need(self.coder in ("host", "cuda"), f"device coder must be host or cuda, got {self.coder!r}"[:200])
 
     def describe(self) -> str:
         """'cuda (NVIDIA H100, torch 2.5.1, CUDA 12.4, cuDNN 90100, 8 threads)' for messages."""
         parts = [p for p in (self.name, self.torch_version and f"torch {self.torch_version}",
                              self.cuda_version and f"CUDA {self.cuda_version}",
                              self.cudnn_version and f"cuDNN {self.cudnn_version}",
-                             self.torch_threads and f"{self.torch_threads} threads") if p]
+                             self.torch_threads and f"{self.torch_threads} threads",
+                             self.coder != "host" and f"{self.coder} coder") if p]
         return f"{self.kind} ({', '.join(parts)})" if parts else self.kind
 
 

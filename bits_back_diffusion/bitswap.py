@@ -70,6 +70,7 @@ import craystack as cs
 
 from . import compiled_codecs
 from .coding import Precisions, StepTrace, message_bits, on_lanes
+from .coders import choose_coder, coder_impl
 from .compiled_codecs import check_backend
 from .latent_model import DiffusionLatentModel, Gaussian
 
@@ -396,7 +397,7 @@ class BitSwapCodec:
     shares_lanes = True  # any batch fits any head: groups of head images coded in turn (`lane_groups`)
 
     def __init__(self, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False,
-                 keyed_slots: bool = True, backend: str = "numba"):
+                 keyed_slots: bool = True, backend: str = "numba", coder: Optional[str] = None):
         self.backend = check_backend(backend)  # "numba": compiled_codecs; "numpy": the reference below
         if not isinstance(precisions, Precisions):
             raise TypeError(f"precisions must be a coding.Precisions, got {type(precisions).__name__}")
@@ -409,6 +410,8 @@ class BitSwapCodec:
         check_bin_precision(betas, precisions.prior_prec)
         self.lm = latent_model
         self.prec = precisions
+        self.coder = choose_coder(self.name, latent_model.device, self.backend, coder)  # host or cuda kernels
+        self._coder = coder_impl(self.coder, latent_model.device)
         self.trace: Optional[StepTrace] = StepTrace() if track else None
         self._keep = np.sqrt(1.0 - betas)  # q(z_t | z_{t-1}) = N(keep_t z_{t-1}, noise_t^2)
         self._noise = np.sqrt(betas)
@@ -474,7 +477,7 @@ class BitSwapCodec:
     def _encode(self, message: cs.Message, x_levels: np.ndarray) -> cs.Message:
         x_levels = self._check_batch(message, x_levels)
         if self.backend == "numba":
-            return compiled_codecs.bitswap_encode(self, message, x_levels)
+            return compiled_codecs.bitswap_encode(self, message, x_levels, self._coder)
         groups = lane_groups(x_levels.shape[0], message.head.shape[0])
         tracking = self.trace is not None
         n = self.lm.num_steps
@@ -524,7 +527,7 @@ class BitSwapCodec:
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
             raise ValueError(f"cannot decode a batch of {batch!r} images; need a positive int")
         if self.backend == "numba":
-            return compiled_codecs.bitswap_decode(self, message, int(batch))
+            return compiled_codecs.bitswap_decode(self, message, int(batch), self._coder)
         shape = (int(batch),) + tuple(message.head.shape[1:])
         groups = lane_groups(int(batch), message.head.shape[0])[::-1]  # the encoder's order, reversed
         idx = np.empty(shape, dtype=np.int64)

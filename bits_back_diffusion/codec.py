@@ -39,10 +39,12 @@ class BitsBackCodec:
     shares_lanes = False  # one image per lane group: a batch needs a head of batch_size images' lanes
 
     def __init__(self, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False,
-                 backend: str = "numba"):
+                 backend: str = "numba", coder: Optional[str] = None):
+        from .coders import choose_coder
         from .compiled_codecs import check_backend
 
         self.backend = check_backend(backend)  # "numba": compiled_codecs; "numpy": the reference below
+        self.coder = choose_coder(self.name, latent_model.device, self.backend, coder)  # always "host" here
         self.lm = latent_model
         self.prec = precisions
         self.trace: Optional[StepTrace] = StepTrace() if track else None

@@ -27,16 +27,19 @@ class CheckpointError(ValueError):
 
 # Settings of the machine that change the model's last bits, and how to choose them on resume.
 RUNTIME_KEYS = {"device": "device=cpu|cuda on the same kind of GPU",
-                "torch_threads": "OMP_NUM_THREADS / torch.set_num_threads"}
+                "torch_threads": "OMP_NUM_THREADS / torch.set_num_threads",
+                "coder": "codec.coder=host|cuda; cuda needs numba-cuda"}
+OLDER_DEFAULTS = {"coder": "host"}  # what checkpoints of earlier versions, which lack the key, meant
 
 
-def device_meta(device: Any) -> Dict[str, Any]:
-    """The resume check's view of the device: its kind and GPU name, and torch's CPU thread count."""
+def device_meta(device: Any, coder: str = "host") -> Dict[str, Any]:
+    """The resume check's view of the device: its kind and GPU name, torch's CPU thread count and
+    the codec's coder (coders.CODERS)."""
     import torch
 
     kind = str(getattr(device, "type", device))
     name = torch.cuda.get_device_name(device) if kind == "cuda" and torch.cuda.is_available() else ""
-    return {"device": f"{kind} {name}".strip(), "torch_threads": int(torch.get_num_threads())}
+    return {"device": f"{kind} {name}".strip(), "torch_threads": int(torch.get_num_threads()), "coder": coder}
 
 
 def checkpoint_name(phase: str, samples: int, rank: int, world_size: int) -> str:
@@ -101,9 +104,9 @@ class CodecState:
     def check_meta(self, expected: Dict[str, Any], path: str) -> None:
         """Refuse to continue a run whose settings differ (the bits would not decode)."""
         for key, value in expected.items():
-            saved = self.meta.get(key)
+            saved = self.meta.get(key, OLDER_DEFAULTS.get(key))
             if saved != value:
-                if key not in self.meta:
+                if key not in self.meta and key not in OLDER_DEFAULTS:
                     raise CheckpointError(
                         f"checkpoint {path} does not record {key} (written by an older version), so resuming with "
                         f"{key}={value!r} might not decode; use a fresh run dir"

@@ -1,7 +1,7 @@
 """The codecs `codec=<name>` accepts, by name: the one place that imports every codec module."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from .bitswap import BitSwapCodec
 from .codec import BitsBackCodec
@@ -24,7 +24,8 @@ def codec_class(name: str) -> type:
 
 
 def build_codec(name: str, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False,
-                backend: str = "numba"):
+                backend: str = "numba", coder: Optional[str] = None):
     """The codec `name`; `backend` (codec.backend) picks the compiled path ("numba") or the NumPy
-    reference ("numpy"): the same messages either way."""
-    return codec_class(name)(latent_model, precisions, track=track, backend=backend)
+    reference ("numpy"): the same messages either way. `coder` (coders.CODERS; None: the default
+    for the model's device) picks the compiled path's kernels."""
+    return codec_class(name)(latent_model, precisions, track=track, backend=backend, coder=coder)

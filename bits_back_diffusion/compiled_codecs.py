@@ -56,7 +56,6 @@ Design, and why:
 """
 from __future__ import annotations
 
-import math
 from typing import Tuple
 
 import numpy as np
@@ -64,26 +63,19 @@ from numba import prange
 
 import craystack as cs
 from craystack import _checks
-from craystack.compiled import (HEAD_MIN, KIND_DISCRETIZED, KIND_GAUSSIAN_BINS, KIND_STD, KIND_SUB_BINS,
-                                STATUS_BAD_CDF, STATUS_NOT_INCREASING, CompiledMessage, lane_cdf, lane_guess, mix32,
-                                pop_flagged, pop_state, push_flagged, push_interval, push_renorm, push_state,
-                                quantized_guess,
-                                quantized_interval,
-                                quantized_pop, std_cdf_raw, sub_bin_setup)
+from craystack.compiled import (KIND_DISCRETIZED, KIND_GAUSSIAN_BINS, STATUS_BAD_CDF, STATUS_NOT_INCREASING,
+                                CompiledMessage, pop_flagged, push_flagged)
 from craystack.compiled.kernels import compiled, lane_kernel
 from craystack.compiled.phases import (first_status, quantized_pop_groups, quantized_push_groups,
                                        uniform_pop_groups, uniform_push_groups)
 
 from .bbans_tape import IndexTape, PriorTape
+from .bitswap_lanes import (STATUS_ZERO_Q, p_pop_coarse_lane, p_pop_fine_lane, p_push_lane, q_pop_coarse_lane,
+                            q_pop_fine_lane, q_push_lane)
 
 __all__ = ["BACKENDS", "check_backend", "bitswap_encode", "bitswap_decode", "bbans_encode", "bbans_decode"]
 
 BACKENDS = ("numba", "numpy")
-_EPS_BITSWAP = 2.0 ** -40  # bitswap._CDF_EPS
-_EPS_CRAYSTACK = 2.0 ** -44  # craystack.gaussian._EPS
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_U37 = np.uint64(37)
-_STATUS_ZERO_Q = 4  # a latent of zero probability under q (the message is not from this encoder)
 
 
 def check_backend(backend: str) -> str:
@@ -92,105 +84,6 @@ def check_backend(backend: str) -> str:
         raise ValueError(f"unknown codec backend {backend!r}; choose one of {', '.join(BACKENDS)} "
                          f"(codec.backend=<name>)")
     return backend
-
-
-# --- Bit-Swap's q: no frequency floor, keyed slots (bitswap._unfloored_codec, slot_key) ----------------
-
-@compiled(inline="always")
-def _slot_offset(q, lane, salt):
-    """bitswap.slot_key: a hash of the lane's quotient and position (salt from `_salt`)."""
-    return mix32((q ^ (np.uint64(lane) << _U37)) * _GOLDEN + salt)
-
-
-@compiled(inline="always")
-def _ucum(kind, idx, edges, mu, sd, n, base, upper, ref, mass, flat, total_f, total):
-    """bitswap._unfloored_codec's cum: floor(CDF * 2**prec), 0 and 2**prec at the ends."""
-    if idx <= 0:
-        return np.uint64(0)
-    if idx >= n:
-        return total
-    denom = 1.0 + n * _EPS_BITSWAP
-    g = lane_cdf(kind, idx, edges, mu, sd, 0.0, 0.0, n, _EPS_BITSWAP, denom, base, upper, ref, mass, flat)
-    return np.uint64(math.floor(g * total_f))
-
-
-@compiled
-def _uguess(kind, cf, mu, sd, n, bin_scale, base, upper, ref, mass, flat, total_f):
-    """bitswap._unfloored_codec's first estimate of the symbol of cf."""
-    v = math.floor(lane_guess(kind, (float(cf) + 0.5) / total_f, mu, sd, 0.0, 0.0, n, bin_scale, base, upper, ref,
-                              mass, flat))
-    if math.isnan(v):
-        v = 0.0
-    return np.int64(min(max(v, 0.0), float(n - 1)))
-
-
-@compiled(inline="always")
-def _upop(kind, cf, sym, edges, mu, sd, n, base, upper, ref, mass, flat, total_f, total):
-    """bitswap._unfloored_codec's pop for one lane from the estimate sym: check, and a binary
-    search on a miss; (symbol, start, end)."""
-    start = _ucum(kind, sym, edges, mu, sd, n, base, upper, ref, mass, flat, total_f, total)
-    end = _ucum(kind, sym + 1, edges, mu, sd, n, base, upper, ref, mass, flat, total_f, total)
-    if cf < start or cf >= end:
-        lo = 0
-        size = n
-        while size > 1:
-            half = size >> 1
-            mid = lo + half
-            if _ucum(kind, mid, edges, mu, sd, n, base, upper, ref, mass, flat, total_f, total) <= cf:
-                lo = mid
-            size -= half
-        sym = lo
-        start = _ucum(kind, sym, edges, mu, sd, n, base, upper, ref, mass, flat, total_f, total)
-        end = _ucum(kind, sym + 1, edges, mu, sd, n, base, upper, ref, mass, flat, total_f, total)
-    return sym, start, end
-
-
-_NAN = np.nan
-
-
-@compiled(inline="always")
-def _ucum_std(idx, edges, mu, sd, n, total_f, total):
-    """`_ucum` of KIND_STD, with the standardized edge and its ndtr (NaN z off the table)."""
-    if idx <= 0:
-        return np.uint64(0), _NAN, _NAN
-    if idx >= n:
-        return total, _NAN, _NAN
-    g, z, r = std_cdf_raw(idx, edges, mu, sd, _EPS_BITSWAP, 1.0 + n * _EPS_BITSWAP)
-    return np.uint64(math.floor(g * total_f)), z, r
-
-
-@compiled(inline="always")
-def _upop_std(cf, sym, edges, mu, sd, n, total_f, total):
-    """`_upop` of KIND_STD, also returning the edges and ndtr values of the final interval."""
-    start, z0, r0 = _ucum_std(sym, edges, mu, sd, n, total_f, total)
-    end, z1, r1 = _ucum_std(sym + 1, edges, mu, sd, n, total_f, total)
-    if cf < start or cf >= end:
-        lo = 0
-        size = n
-        while size > 1:
-            half = size >> 1
-            mid = lo + half
-            if _ucum_std(mid, edges, mu, sd, n, total_f, total)[0] <= cf:
-                lo = mid
-            size -= half
-        sym = lo
-        start, z0, r0 = _ucum_std(sym, edges, mu, sd, n, total_f, total)
-        end, z1, r1 = _ucum_std(sym + 1, edges, mu, sd, n, total_f, total)
-    return sym, start, end, z0, r0, z1, r1
-
-
-@compiled(inline="always")
-def _qcum_std(idx, edges, mu, sd, n, k, total):
-    """craystack's quantized C(idx) of DiagGaussian_StdBins (`quantized_cum`), with the edge and
-    its ndtr value; (C, status, z, r)."""
-    if idx <= 0:
-        return np.uint64(0), 0, _NAN, _NAN
-    if idx >= n:
-        return total, 0, _NAN, _NAN
-    f, z, r = std_cdf_raw(idx, edges, mu, sd, _EPS_CRAYSTACK, 1.0 + n * _EPS_CRAYSTACK)
-    if not (f >= 0.0 and f <= 1.0):
-        return np.uint64(0), STATUS_BAD_CDF, z, r
-    return np.uint64(f * k) + np.uint64(idx), 0, z, r
 
 
 @compiled
@@ -202,25 +95,6 @@ def _first_error(stat, count, off):
             return stat[lane], off + lane
     return first_status(stat, count, off)
 
-
-@compiled(inline="always")
-def _keyed_cf(x, lane, prec, keyed, salt):
-    mask = (np.uint64(1) << np.uint64(prec)) - np.uint64(1)
-    if not keyed:
-        return x & mask
-    off = _slot_offset(x >> np.uint64(prec), lane, salt)
-    return ((x & mask) + (mask + np.uint64(1) - (off & mask))) & mask
-
-
-_AHEAD = 8  # lanes ahead whose fine-table entries a lane reads early (see `_touch`)
-
-
-@compiled(inline="always")
-def _touch(edges, i):
-    """Read the fine table at i and i + 1 for a lane _AHEAD lanes further on: the table (2**20
-    doubles) does not fit in cache, and a read right before its use would wait for memory,
-    while this one overlaps with the current lane's work. Returns the sum to keep the reads."""
-    return edges[i] + edges[i + 1]
 
 
 class _Scratch:
@@ -247,31 +121,12 @@ def _q_pop(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, pr
     """Pop z_t from q(z_t | z_{t-1}) (bitswap.sampled_latent_codec) on every lane group: per
     group one pass for the coarse bin (and, where the lane needs no refill, the sub-bin's
     guess), the refill scan, one pass for the sub-bin, the refill scan."""
-    nc = edges_c.size - 1
-    nf = 1 << fine_bits
-    total = np.uint64(1) << np.uint64(prec)
-    total_f = float(total)
-    bin_scale = float(edges_f.size - 1)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
         for lane in prange(count):
-            p = off + lane
-            x = head[lane]
-            cf = _keyed_cf(x, lane, prec, keyed, salt_c)
-            s0 = _uguess(KIND_STD, cf, mu[p], sd[p], nc, 0.0, 0, False, 0.0, 1.0, False, total_f)
-            c, start, end, z0, r0, z1, r1 = _upop_std(cf, s0, edges_c, mu[p], sd[p], nc, total_f, total)
-            x = pop_state(x, cf, start, end - start, prec)
-            head[lane] = x
-            flags[lane] = x < HEAD_MIN
-            coarse[lane] = c
-            if fine_bits:
-                upper, ref, mass, flat = sub_bin_setup(bounds, mu[p], sd[p], c, z0, r0, z1, r1)
-                s_upper[lane], s_ref[lane], s_mass[lane], s_flat[lane] = upper, ref, mass, flat
-                if x >= HEAD_MIN:
-                    cf = _keyed_cf(x, lane, prec, keyed, salt_f)
-                    guess[lane] = _uguess(KIND_SUB_BINS, cf, mu[p], sd[p], nf, bin_scale, c << fine_bits, upper, ref,
-                                          mass, flat, total_f)
+            q_pop_coarse_lane(lane, off + lane, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
+                              salt_f, flags, coarse, guess, s_ref, s_mass, s_upper, s_flat)
         if pop_flagged(head, flags, count, buf, meta):
             return -1
         if fine_bits == 0:
@@ -279,23 +134,8 @@ def _q_pop(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, pr
                 out[off + lane] = coarse[lane]
             continue
         for lane in prange(count):
-            p = off + lane
-            ahead = lane + _AHEAD
-            if ahead < count:
-                seen[lane] = _touch(edges_f, (coarse[ahead] << fine_bits) + guess[ahead])
-            base = coarse[lane] << fine_bits
-            x = head[lane]
-            cf = _keyed_cf(x, lane, prec, keyed, salt_f)
-            first = guess[lane]  # (not written in this pass: lanes ahead read it)
-            if flags[lane]:  # refilled: its guess needed the new state
-                first = _uguess(KIND_SUB_BINS, cf, mu[p], sd[p], nf, bin_scale, base, s_upper[lane], s_ref[lane],
-                                s_mass[lane], s_flat[lane], total_f)
-            s, start, end = _upop(KIND_SUB_BINS, cf, first, edges_f, mu[p], sd[p], nf, base, s_upper[lane],
-                                  s_ref[lane], s_mass[lane], s_flat[lane], total_f, total)
-            x = pop_state(x, cf, start, end - start, prec)
-            head[lane] = x
-            flags[lane] = x < HEAD_MIN
-            out[p] = base | s
+            q_pop_fine_lane(lane, off + lane, count, head, mu, sd, edges_f, prec, fine_bits, keyed, salt_f, out, flags,
+                            coarse, guess, seen, s_ref, s_mass, s_upper, s_flat)
         if pop_flagged(head, flags, count, buf, meta):
             return -1
     return 0
@@ -305,55 +145,12 @@ def _q_pop(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, pr
 def _q_push(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
             salt_f, symbols, words, flags, words2, flags2, stat, seen):
     """Push z_t back with q (decode): the sub-bin, then the coarse bin, on every lane group."""
-    nc = edges_c.size - 1
-    nf = 1 << fine_bits
-    total = np.uint64(1) << np.uint64(prec)
-    total_f = float(total)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
         for lane in prange(count):
-            p = off + lane
-            s = symbols[p]
-            c = s >> fine_bits
-            x = head[lane]
-            stat[lane] = 0
-            flags[lane] = False
-            start_c, z0, r0 = _ucum_std(c, edges_c, mu[p], sd[p], nc, total_f, total)
-            end_c, z1, r1 = _ucum_std(c + 1, edges_c, mu[p], sd[p], nc, total_f, total)
-            if fine_bits:
-                if lane + _AHEAD < count:
-                    t = symbols[p + _AHEAD]
-                    seen[lane] = _touch(edges_f, (min(max(t >> fine_bits, 0), nc - 1) << fine_bits) + (t & (nf - 1)))
-                cc = min(max(c, 0), nc - 1)
-                base = cc << fine_bits
-                if cc != c:
-                    z0 = z1 = _NAN
-                upper, ref, mass, flat = sub_bin_setup(bounds, mu[p], sd[p], cc, z0, r0, z1, r1)
-                f = s & (nf - 1)
-                start = _ucum(KIND_SUB_BINS, f, edges_f, mu[p], sd[p], nf, base, upper, ref, mass, flat, total_f, total)
-                end = _ucum(KIND_SUB_BINS, f + 1, edges_f, mu[p], sd[p], nf, base, upper, ref, mass, flat, total_f,
-                            total)
-                if not end > start:
-                    stat[lane] = _STATUS_ZERO_Q
-                    continue
-                freq = end - start
-                x, over, word = push_renorm(x, freq, prec)
-                q = x // freq
-                key = _slot_offset(q, lane, salt_f) if keyed else np.uint64(0)
-                x = push_state(x, q, start, freq, prec, key)
-                flags[lane] = over
-                words[lane] = word
-            if not end_c > start_c:
-                stat[lane] = _STATUS_ZERO_Q
-                continue
-            freq = end_c - start_c
-            x, over, word = push_renorm(x, freq, prec)
-            q = x // freq
-            key = _slot_offset(q, lane, salt_c) if keyed else np.uint64(0)
-            head[lane] = push_state(x, q, start_c, freq, prec, key)
-            flags2[lane] = over
-            words2[lane] = word
+            q_push_lane(lane, off + lane, count, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
+                        salt_f, symbols, words, flags, words2, flags2, stat, seen)
         status, where = first_status(stat, count, off)
         if status:
             return status, where
@@ -369,50 +166,12 @@ def _p_push(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, p
             flags, words2, flags2, stat, seen):
     """Push z_{t-1} with p(z_{t-1} | z_t) on every lane group: the sub-bin (bitswap sub-bins),
     then the coarse bin (DiagGaussian_StdBins)."""
-    nc = edges_c.size - 1
-    nf = 1 << fine_bits
-    total = np.uint64(1) << np.uint64(prec)
-    k_c = float((1 << prec) - nc)
-    k_f = float((1 << prec) - nf)
-    denom_f = 1.0 + nf * _EPS_BITSWAP
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
         for lane in prange(count):
-            p = off + lane
-            s = symbols[p]
-            c = s >> fine_bits
-            x = head[lane]
-            stat[lane] = 0
-            flags[lane] = False
-            start_c, st0, z0, r0 = _qcum_std(c, edges_c, mu[p], sd[p], nc, k_c, total)
-            end_c, st1, z1, r1 = _qcum_std(c + 1, edges_c, mu[p], sd[p], nc, k_c, total)
-            st_c = max(st0, st1)
-            if st_c == 0 and not end_c > start_c:
-                st_c = STATUS_NOT_INCREASING
-            if fine_bits:
-                if lane + _AHEAD < count:
-                    t = symbols[p + _AHEAD]
-                    seen[lane] = _touch(edges_f, (min(max(t >> fine_bits, 0), nc - 1) << fine_bits) + (t & (nf - 1)))
-                cc = min(max(c, 0), nc - 1)
-                base = cc << fine_bits
-                if cc != c:
-                    z0 = z1 = _NAN
-                upper, ref, mass, flat = sub_bin_setup(bounds, mu[p], sd[p], cc, z0, r0, z1, r1)
-                start, end, st = quantized_interval(KIND_SUB_BINS, s & (nf - 1), edges_f, mu[p], sd[p], 0.0, 0.0, nf,
-                                                    _EPS_BITSWAP, denom_f, base, upper, ref, mass, flat, k_f, total)
-                if st:
-                    stat[lane] = 8 + st  # 8 +: the sub-bin codec
-                    continue
-                x, over, word = push_interval(x, start, end - start, prec)
-                flags[lane] = over
-                words[lane] = word
-            if st_c:
-                stat[lane] = st_c
-                continue
-            head[lane], over, word = push_interval(x, start_c, end_c - start_c, prec)
-            flags2[lane] = over
-            words2[lane] = word
+            p_push_lane(lane, off + lane, count, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, symbols,
+                        words, flags, words2, flags2, stat, seen)
         status, where = _first_error(stat, count, off)
         if status:
             return status, where
@@ -426,39 +185,12 @@ def _p_pop(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, pr
            stat, guess, seen, s_ref, s_mass, s_upper, s_flat):
     """Pop z_{t-1} with p(z_{t-1} | z_t) on every lane group (decode): coarse bin, then sub-bin,
     in two passes per group as in `_q_pop`."""
-    nc = edges_c.size - 1
-    nf = 1 << fine_bits
-    total = np.uint64(1) << np.uint64(prec)
-    mask = total - np.uint64(1)
-    k_c = float((1 << prec) - nc)
-    k_f = float((1 << prec) - nf)
-    denom_c = 1.0 + nc * _EPS_CRAYSTACK
-    denom_f = 1.0 + nf * _EPS_BITSWAP
-    bin_scale = float(edges_f.size - 1)
-    ratio_f = nf / float(total)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
         for lane in prange(count):
-            p = off + lane
-            x = head[lane]
-            cf = x & mask
-            g0 = quantized_guess(KIND_STD, cf, mu[p], sd[p], 0.0, 0.0, nc, 0.0, 0, False, 0.0, 1.0, False,
-                                 nc / float(total), 1.0 / k_c, 2)
-            c, start, end, st = quantized_pop(KIND_STD, cf, g0, edges_c, mu[p], sd[p], 0.0, 0.0, nc, _EPS_CRAYSTACK,
-                                              denom_c, 0, False, 0.0, 1.0, False, k_c, total, 0.0, 1.0 / k_c)
-            stat[lane] = st
-            x = pop_state(x, cf, start, end - start, prec)
-            head[lane] = x
-            flags[lane] = x < HEAD_MIN
-            coarse[lane] = c
-            if fine_bits and st == 0:
-                base = c << fine_bits
-                upper, ref, mass, flat = sub_bin_setup(bounds, mu[p], sd[p], c, _NAN, 0.0, _NAN, 0.0)
-                s_upper[lane], s_ref[lane], s_mass[lane], s_flat[lane] = upper, ref, mass, flat
-                if x >= HEAD_MIN:
-                    guess[lane] = quantized_guess(KIND_SUB_BINS, x & mask, mu[p], sd[p], 0.0, 0.0, nf, bin_scale, base,
-                                                  upper, ref, mass, flat, ratio_f, 1.0 / k_f, 1)
+            p_pop_coarse_lane(lane, off + lane, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, flags, coarse,
+                              stat, guess, s_ref, s_mass, s_upper, s_flat)
         status, where = first_status(stat, count, off)
         if status:
             return status, where
@@ -469,25 +201,8 @@ def _p_pop(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, pr
                 out[off + lane] = coarse[lane]
             continue
         for lane in prange(count):
-            p = off + lane
-            ahead = lane + _AHEAD
-            if ahead < count:
-                seen[lane] = _touch(edges_f, (coarse[ahead] << fine_bits) + guess[ahead])
-            base = coarse[lane] << fine_bits
-            x = head[lane]
-            cf = x & mask
-            first = guess[lane]  # (not written in this pass: lanes ahead read it)
-            if flags[lane]:  # refilled: its guess needed the new state
-                first = quantized_guess(KIND_SUB_BINS, cf, mu[p], sd[p], 0.0, 0.0, nf, bin_scale, base, s_upper[lane],
-                                        s_ref[lane], s_mass[lane], s_flat[lane], ratio_f, 1.0 / k_f, 1)
-            s, start, end, st = quantized_pop(KIND_SUB_BINS, cf, first, edges_f, mu[p], sd[p], 0.0, 0.0, nf,
-                                              _EPS_BITSWAP, denom_f, base, s_upper[lane], s_ref[lane], s_mass[lane],
-                                              s_flat[lane], k_f, total, bin_scale, 1.0 / k_f)
-            stat[lane] = 8 + st if st else 0
-            x = pop_state(x, cf, start, end - start, prec)
-            head[lane] = x
-            flags[lane] = x < HEAD_MIN
-            out[p] = base | s
+            p_pop_fine_lane(lane, off + lane, count, head, mu, sd, edges_f, prec, fine_bits, out, flags, coarse, stat,
+                            guess, seen, s_ref, s_mass, s_upper, s_flat)
         status, where = first_status(stat, count, off)
         if status:
             return status, where
@@ -533,7 +248,7 @@ def _raise_status(status: int, who: str) -> None:
         return
     if status < 0:
         raise RuntimeError(f"{who}: internal error in the compiled codec (the tail buffer ran short)")
-    if status == _STATUS_ZERO_Q:
+    if status == STATUS_ZERO_Q:
         raise ValueError("bitswap: a latent has zero probability under q(z_t | z_(t-1)); the message does not come "
                          "from this encoder, model or file")
     if status > 8:
@@ -561,68 +276,115 @@ class _BitSwapTables:
         self.prec = codec.prec.latent_prec
 
 
-def _q_params(codec, z_prev: np.ndarray, t: int) -> Tuple[np.ndarray, np.ndarray]:
-    mean = (codec._keep[t] * z_prev).reshape(-1)
-    return mean, np.full(mean.size, codec._noise[t])
-
-
 def _keys(codec, t: int):
     keyed = bool(codec.keyed_slots)
     return keyed, _salt(2 * t) if keyed else np.uint64(0), _salt(2 * t + 1) if keyed else np.uint64(0)
 
 
-def _discretized(mean, std, groups: _Groups, shape, lm):
-    """Checked per-lane parameters of the data likelihood (craystack.DiscretizedGaussian with
-    levels from lo = -1 to hi = 1, as both codecs build it) and its number of levels."""
-    mean, std = _flat(mean, shape), _flat(std, shape)
-    _check_gaussian(mean, std, groups, shape, "DiscretizedGaussian")
-    k = lm.num_levels
-    lo, hi = -1.0, 1.0
-    return mean, std, np.full(mean.size, lo), np.full(mean.size, (hi - lo) / (k - 1)), k
+class HostCoder:
+    """Where the Bit-Swap drivers below keep their arrays and which kernels they call: NumPy
+    arrays and the threaded CPU kernels (`cuda_codecs.CudaCoder` is the device twin, with the
+    same methods on device arrays). Model outputs come to the host as float64 (latent_model)."""
+
+    name = "host"
+    q_pop, q_push, p_push, p_pop = (staticmethod(k) for k in (_q_pop, _q_push, _p_push, _p_pop))
+    quantized_push, quantized_pop = staticmethod(quantized_push_groups), staticmethod(quantized_pop_groups)
+    uniform_push, uniform_pop = staticmethod(uniform_push_groups), staticmethod(uniform_pop_groups)
+
+    def state(self, message: cs.Message) -> CompiledMessage:
+        return CompiledMessage(message)
+
+    def buffers(self, state):
+        return state.head, state.buf, state.meta
+
+    def groups(self, batch: int, head_images: int, dims: int, reverse: bool = False) -> _Groups:
+        return _Groups(batch, head_images, dims, reverse)
+
+    def tables(self, codec) -> _BitSwapTables:
+        return _BitSwapTables(codec)
+
+    def symbols(self, count: int) -> np.ndarray:
+        return np.empty(count, dtype=np.int64)
+
+    def levels(self, x_levels: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x_levels, dtype=np.int64).reshape(-1)
+
+    def to_host(self, a) -> np.ndarray:
+        return a
+
+    def latent(self, codec, idx, shape):
+        return codec._value(idx.reshape(shape))
+
+    def data_value(self, codec, x_levels):
+        return codec._data_value(x_levels)
+
+    def q_params(self, codec, z_prev, t: int):
+        mean = (codec._keep[t] * z_prev).reshape(-1)
+        return mean, np.full(mean.size, codec._noise[t])
+
+    def reverse(self, lm, z, t: int):
+        return lm.reverse(lm.latent_to_model(z), t)
+
+    def gaussian(self, reverse, groups: _Groups, shape, who: str):
+        mean, std = _flat(reverse[0], shape), _flat(reverse[1], shape)
+        _check_gaussian(mean, std, groups, shape, who)
+        return mean, std
+
+    def discretized(self, reverse, groups: _Groups, shape, lm):
+        """Checked per-lane parameters of the data likelihood (craystack.DiscretizedGaussian with
+        levels from lo = -1 to hi = 1, as both codecs build it) and its number of levels."""
+        mean, std = self.gaussian(reverse, groups, shape, "DiscretizedGaussian")
+        k = lm.num_levels
+        lo, hi = -1.0, 1.0
+        return mean, std, np.full(mean.size, lo), np.full(mean.size, (hi - lo) / (k - 1)), k
 
 
-def bitswap_encode(codec, message: cs.Message, x_levels: np.ndarray) -> cs.Message:
-    """BitSwapCodec._encode on the compiled path (x_levels already checked)."""
-    lm, tables = codec.lm, _BitSwapTables(codec)
+HOST = HostCoder()
+
+
+def bitswap_encode(codec, message: cs.Message, x_levels: np.ndarray, coder: HostCoder = HOST) -> cs.Message:
+    """BitSwapCodec._encode on the compiled path (x_levels already checked), with `coder`'s
+    arrays and kernels."""
+    lm, tables = codec.lm, coder.tables(codec)
     shape = x_levels.shape
     dims = int(np.prod(shape[1:]))
-    groups = _Groups(shape[0], message.head.shape[0], dims)
+    groups = coder.groups(shape[0], message.head.shape[0], dims)
     sc = groups.scratch
-    state = CompiledMessage(message)
+    state = coder.state(message)
+    head, _, meta = coder.buffers(state)
     tracking = codec.trace is not None
     n = lm.num_steps
     pop_bits, push_bits = np.zeros(n), np.zeros(n)
     data_bits = 0.0
-    levels = np.ascontiguousarray(x_levels, dtype=np.int64).reshape(-1)
-    z_prev = codec._data_value(x_levels)
+    levels = coder.levels(x_levels)
+    z_prev = coder.data_value(codec, x_levels)
     idx_prev = None
     for t in range(n):
         before = state.bits() if tracking else 0.0
-        mean, std = _q_params(codec, z_prev, t)
-        idx = np.empty(groups.count, dtype=np.int64)
+        mean, std = coder.q_params(codec, z_prev, t)
+        idx = coder.symbols(groups.count)
         state.reserve(2 * groups.count, 0)
         keyed, salt_c, salt_f = _keys(codec, t)
-        status = _q_pop(state.head, state.buf, state.meta, groups.offsets, groups.lanes, mean, std, tables.edges_c,
-                        tables.edges_f, tables.bounds, tables.prec, tables.fine_bits, keyed, salt_c, salt_f, idx,
-                        sc.flags, sc.coarse, sc.guess, sc.seen, sc.ref, sc.mass, sc.upper, sc.flat)
+        status = coder.q_pop(head, state_buf(coder, state), meta, groups.offsets, groups.lanes, mean, std,
+                             tables.edges_c, tables.edges_f, tables.bounds, tables.prec, tables.fine_bits, keyed, salt_c,
+                             salt_f, idx, sc.flags, sc.coarse, sc.guess, sc.seen, sc.ref, sc.mass, sc.upper, sc.flat)
         _raise_status(status, "bitswap q")
         state.check("bitswap")
-        z = codec._value(idx.reshape(shape))
-        reverse = lm.reverse(lm.latent_to_model(z), t)
+        z = coder.latent(codec, idx, shape)
+        reverse = coder.reverse(lm, z, t)
         middle = state.bits() if tracking else 0.0
         state.reserve(0, 2 * groups.count)
         if t == 0:
-            mean, std, lo, step, k = _discretized(reverse[0], reverse[1], groups, shape, lm)
-            status, _ = quantized_push_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes,
-                                              KIND_DISCRETIZED, tables.edges_c, mean, std, lo, step, k,
-                                              codec.prec.obs_prec, levels, sc.words, sc.flags, sc.stat)
+            mean, std, lo, step, k = coder.discretized(reverse, groups, shape, lm)
+            status, _ = coder.quantized_push(head, state_buf(coder, state), meta, groups.offsets, groups.lanes,
+                                             KIND_DISCRETIZED, tables.edges_c, mean, std, lo, step, k,
+                                             codec.prec.obs_prec, levels, sc.words, sc.flags, sc.stat)
             _raise_status(status, "DiscretizedGaussian")
         else:
-            mean, std = _flat(reverse[0], shape), _flat(reverse[1], shape)
-            _check_gaussian(mean, std, groups, shape, "DiagGaussian_StdBins")
-            status, _ = _p_push(state.head, state.buf, state.meta, groups.offsets, groups.lanes, mean, std,
-                                tables.edges_c, tables.edges_f, tables.bounds, tables.prec, tables.fine_bits, idx_prev,
-                                sc.words, sc.flags, sc.words2, sc.flags2, sc.stat, sc.seen)
+            mean, std = coder.gaussian(reverse, groups, shape, "DiagGaussian_StdBins")
+            status, _ = coder.p_push(head, state_buf(coder, state), meta, groups.offsets, groups.lanes, mean, std,
+                                     tables.edges_c, tables.edges_f, tables.bounds, tables.prec, tables.fine_bits,
+                                     idx_prev, sc.words, sc.flags, sc.words2, sc.flags2, sc.stat, sc.seen)
             _raise_status(status, "DiagGaussian_StdBins")
         if tracking:
             pop_bits[t] = before - middle
@@ -633,8 +395,8 @@ def bitswap_encode(codec, message: cs.Message, x_levels: np.ndarray) -> cs.Messa
         z_prev, idx_prev = z, idx
     before = state.bits() if tracking else 0.0
     state.reserve(0, groups.count)
-    uniform_push_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes, codec.prec.prior_prec,
-                        idx_prev, sc.words, sc.flags)
+    coder.uniform_push(head, state_buf(coder, state), meta, groups.offsets, groups.lanes, codec.prec.prior_prec,
+                       idx_prev, sc.words, sc.flags)
     if tracking:
         push_bits[n - 1] = state.bits() - before
         codec.trace.pop_bits.append(pop_bits)
@@ -643,51 +405,58 @@ def bitswap_encode(codec, message: cs.Message, x_levels: np.ndarray) -> cs.Messa
     return state.to_message()
 
 
-def bitswap_decode(codec, message: cs.Message, batch: int) -> Tuple[cs.Message, np.ndarray]:
-    """BitSwapCodec._decode on the compiled path (batch already checked)."""
-    lm, tables = codec.lm, _BitSwapTables(codec)
+def state_buf(coder: HostCoder, state):
+    """The state's tail buffer now (`reserve` may have replaced it)."""
+    return coder.buffers(state)[1]
+
+
+def bitswap_decode(codec, message: cs.Message, batch: int, coder: HostCoder = HOST) -> Tuple[cs.Message, np.ndarray]:
+    """BitSwapCodec._decode on the compiled path (batch already checked), with `coder`'s arrays
+    and kernels."""
+    lm, tables = codec.lm, coder.tables(codec)
     shape = (int(batch),) + tuple(message.head.shape[1:])
     dims = int(np.prod(shape[1:]))
-    groups = _Groups(shape[0], message.head.shape[0], dims, reverse=True)
+    groups = coder.groups(shape[0], message.head.shape[0], dims, reverse=True)
     sc = groups.scratch
-    state = CompiledMessage(message)
-    idx = np.empty(groups.count, dtype=np.int64)
+    state = coder.state(message)
+    head, _, meta = coder.buffers(state)
+    idx = coder.symbols(groups.count)
     state.reserve(groups.count, 0)
-    if uniform_pop_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes, codec.prec.prior_prec,
-                          idx, sc.flags):
+    if coder.uniform_pop(head, state_buf(coder, state), meta, groups.offsets, groups.lanes, codec.prec.prior_prec, idx,
+                         sc.flags):
         _raise_status(-1, "Uniform")
     state.check("bitswap")
-    x_levels = np.empty(groups.count, dtype=np.int64)
+    x_levels = coder.symbols(groups.count)
     for t in reversed(range(lm.num_steps)):
-        reverse = lm.reverse(lm.latent_to_model(codec._value(idx.reshape(shape))), t)
+        reverse = coder.reverse(lm, coder.latent(codec, idx, shape), t)
         state.reserve(2 * groups.count, 0)
         if t == 0:
-            mean, std, lo, step, k = _discretized(reverse[0], reverse[1], groups, shape, lm)
-            status, _ = quantized_pop_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes,
-                                             KIND_DISCRETIZED, tables.edges_c, mean, std, lo, step, k,
-                                             codec.prec.obs_prec, 1, x_levels, sc.flags, sc.stat)
+            mean, std, lo, step, k = coder.discretized(reverse, groups, shape, lm)
+            status, _ = coder.quantized_pop(head, state_buf(coder, state), meta, groups.offsets, groups.lanes,
+                                            KIND_DISCRETIZED, tables.edges_c, mean, std, lo, step, k,
+                                            codec.prec.obs_prec, 1, x_levels, sc.flags, sc.stat)
             _raise_status(status, "DiscretizedGaussian")
             idx_prev = None
-            z_prev = codec._data_value(x_levels.reshape(shape))
+            z_prev = coder.data_value(codec, x_levels.reshape(shape))
         else:
-            mean, std = _flat(reverse[0], shape), _flat(reverse[1], shape)
-            _check_gaussian(mean, std, groups, shape, "DiagGaussian_StdBins")
-            idx_prev = np.empty(groups.count, dtype=np.int64)
-            status, _ = _p_pop(state.head, state.buf, state.meta, groups.offsets, groups.lanes, mean, std,
-                               tables.edges_c, tables.edges_f, tables.bounds, tables.prec, tables.fine_bits, idx_prev,
-                               sc.flags, sc.coarse, sc.stat, sc.guess, sc.seen, sc.ref, sc.mass, sc.upper, sc.flat)
+            mean, std = coder.gaussian(reverse, groups, shape, "DiagGaussian_StdBins")
+            idx_prev = coder.symbols(groups.count)
+            status, _ = coder.p_pop(head, state_buf(coder, state), meta, groups.offsets, groups.lanes, mean, std,
+                                    tables.edges_c, tables.edges_f, tables.bounds, tables.prec, tables.fine_bits,
+                                    idx_prev, sc.flags, sc.coarse, sc.stat, sc.guess, sc.seen, sc.ref, sc.mass,
+                                    sc.upper, sc.flat)
             _raise_status(status, "DiagGaussian_StdBins")
-            z_prev = codec._value(idx_prev.reshape(shape))
+            z_prev = coder.latent(codec, idx_prev, shape)
         state.check("bitswap")
-        mean, std = _q_params(codec, z_prev, t)
+        mean, std = coder.q_params(codec, z_prev, t)
         keyed, salt_c, salt_f = _keys(codec, t)
         state.reserve(0, 2 * groups.count)
-        status, _ = _q_push(state.head, state.buf, state.meta, groups.offsets, groups.lanes, mean, std,
-                            tables.edges_c, tables.edges_f, tables.bounds, tables.prec, tables.fine_bits, keyed, salt_c,
-                            salt_f, idx, sc.words, sc.flags, sc.words2, sc.flags2, sc.stat, sc.seen)
+        status, _ = coder.q_push(head, state_buf(coder, state), meta, groups.offsets, groups.lanes, mean, std,
+                                 tables.edges_c, tables.edges_f, tables.bounds, tables.prec, tables.fine_bits, keyed,
+                                 salt_c, salt_f, idx, sc.words, sc.flags, sc.words2, sc.flags2, sc.stat, sc.seen)
         _raise_status(status, "bitswap q")
         idx = idx_prev
-    return state.to_message(), x_levels.reshape(shape)
+    return state.to_message(), coder.to_host(x_levels).reshape(shape)
 
 
 # --- BB-ANS (codec.BitsBackCodec) --------------------------------------------------------------------------
@@ -738,7 +507,7 @@ def bbans_encode(codec, message: cs.Message, x_levels: np.ndarray) -> cs.Message
         z_next = lm.latent_to_model(codec._latent_value(prior, idx))
         prior = lm.reverse(z_next, t)
     before = state.bits() if tracking else 0.0
-    mean, std, lo, step, k = _discretized(prior[0], prior[1], groups, shape, lm)
+    mean, std, lo, step, k = HOST.discretized(prior, groups, shape, lm)
     levels = _checks.symbols(x_levels, shape, k, "DiscretizedGaussian").reshape(-1)
     state.reserve(0, groups.count)
     status, _ = quantized_push_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes,
@@ -783,7 +552,7 @@ def bbans_decode(codec, message: cs.Message, batch: int) -> Tuple[cs.Message, np
         z = lm.latent_to_model(codec._latent_value(prior, idx))
         raw = lm.reverse_raw(z, t)
         prior = lm.gaussian_from_raw(raw, t)
-    mean, std, lo, step, k = _discretized(prior[0], prior[1], groups, shape, lm)
+    mean, std, lo, step, k = HOST.discretized(prior, groups, shape, lm)
     x_levels = np.empty(groups.count, dtype=np.int64)
     state.reserve(groups.count, 0)
     status, _ = quantized_pop_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes,

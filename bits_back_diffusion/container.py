@@ -10,10 +10,10 @@ Layout (little-endian)::
 
     offset  size  field
     0       8     magic  b"\\x89BBD\\r\\n\\x1a\\n"  (catches text-mode transfers, like PNG's)
-    8       2     format version (uint16), currently 3
+    8       2     format version (uint16), currently 4
     10      2     reserved, 0
     12      4     header length L (uint32)
-    16      L     header (version 3: compact binary, `bbd_wire`; versions 1-2: UTF-8 JSON)
+    16      L     header (versions 3-4: compact binary, `bbd_wire`; versions 1-2: UTF-8 JSON)
     16+L    4     CRC32 of the header bytes
     20+L    8     payload length in words W (uint64)
     28+L    4     CRC32 of the payload bytes
@@ -22,7 +22,9 @@ Layout (little-endian)::
 and nothing after the payload. Versions: 1 had no `batches` (lanes for a whole batch), 2 added
 them, 3 replaced the JSON header (1.2 kB on the digits demo, 18% of its file, with the sender's
 absolute checkpoint path in it) by a binary one: 191 bytes on the demo (223 with the framing; its
-17-run batch schedule takes 35 of them).
+17-run batch schedule takes 35 of them). Version 4 records which coder wrote the message (the
+host's kernels, or the CUDA coder, whose CDF values differ: `coders`); a version-3 file was
+always coded on the host.
 
 Why a fixed binary layout rather than JSON compressed with zlib or lzma: the header is a few
 dozen small integers, booleans and short names. zlib'd JSON still pays for every key name
@@ -52,8 +54,9 @@ __all__ = ["BBDFormatError", "BBDHeader", "DeviceInfo", "DiffusionFlags", "FORMA
            "check_model_sha256", "framing_bytes", "read_bbd", "write_bbd"]
 
 MAGIC = b"\x89BBD\r\n\x1a\n"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)  # 2 added `batches`; 3: binary header with typed device and rank fields
+FORMAT_VERSION = 4
+# 2 added `batches`; 3: binary header with typed device and rank fields; 4: the device's coder
+READABLE_VERSIONS = (1, 2, 3, 4)
 _PREFIX = struct.Struct("<8sHHI")  # magic, version, reserved, header length
 _MIDDLE = struct.Struct("<IQI")  # header crc, payload words, payload crc
 _MAX_HEADER = 16 << 20
@@ -150,7 +153,7 @@ def read_bbd(path: str, expected_model_sha256: Optional[str] = None) -> Tuple[BB
     if zlib.crc32(payload) != payload_crc:
         raise fail("the payload is corrupted (CRC32 mismatch); copy the file again")
     try:
-        header = header_from_bytes(meta) if version >= 3 else header_from_json(meta)
+        header = header_from_bytes(meta, version) if version >= 3 else header_from_json(meta)
         header.check_payload(words)
     except (HeaderError, TypeError) as exc:
         raise fail(f"invalid header (version {version}): {exc}") from None

@@ -49,6 +49,25 @@ def choose_device(header, requested: str, allow_mismatch: bool, source: str, log
     return device
 
 
+def file_coder(header) -> str:
+    """The coder that wrote the file's messages (files before format version 4: the host's)."""
+    return header.device.coder if header.device is not None else "host"
+
+
+def check_coder(header, device, source: str) -> None:
+    """A file of the CUDA coder decodes with the CUDA coder only (its CDF values are the GPU's),
+    which needs a CUDA device and numba-cuda: refused here otherwise, whatever allow_device_mismatch."""
+    if file_coder(header) != "cuda":
+        return
+    from .coders import cuda_problem
+
+    problem = "this decode runs on the CPU" if device.type != "cuda" else cuda_problem()
+    if problem:
+        raise DecodeError(f"{source} was coded by the CUDA coder (codec.coder=cuda), which only it can undo, but "
+                          f"{problem}; decode on a CUDA GPU of the encoder's model with numba-cuda installed "
+                          "(pip install numba-cuda)")
+
+
 def check_threads(header, device, allow_mismatch: bool, source: str) -> None:
     """On CPU the decoder must use the encoder's torch thread count (`encoder_threads`); more
     threads than this machine has cores would make the decode many times slower (and a forged

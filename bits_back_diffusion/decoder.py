@@ -30,7 +30,8 @@ import numpy as np
 import craystack as cs
 
 from .checkpoint_lookup import checkpoint_candidates, find_checkpoint  # noqa: F401 - part of the decoder's API
-from .decode_device import check_threads, choose_device, encoder_threads  # noqa: F401 - part of the decoder's API
+from .decode_device import (check_coder, check_threads, choose_device, encoder_threads,  # noqa: F401 - API
+                            file_coder)
 from .decode_errors import DecodeError
 from .decoded_pngs import LEVEL_MODES, to_pixels, write_pngs  # noqa: F401 - part of the decoder's API
 from .models import parameter_count  # noqa: F401 - part of the decoder's API
@@ -160,11 +161,11 @@ def codec_settings(header, source: str):
         raise BBDFormatError(f"{source}: invalid codec precisions ({exc})") from None
 
 
-def build_codec(cls, precisions, latent_model, source: str):
+def build_codec(cls, precisions, latent_model, source: str, coder: str = "host"):
     from .container import BBDFormatError
 
     try:
-        return cls(latent_model, precisions)
+        return cls(latent_model, precisions, coder=coder)
     except ValueError as exc:  # settings this codec refuses for this process
         raise BBDFormatError(f"{source}: the codec settings do not fit the process ({exc})") from None
 
@@ -292,13 +293,15 @@ def prepare_decoder(inp: DecodeInput, model_path: Optional[str] = None, device: 
     header, source = inp.header, inp.source
     set_determinism()
     torch_device = choose_device(header, device, allow_device_mismatch, source, log)
+    check_coder(header, torch_device, source)
     check_threads(header, torch_device, allow_device_mismatch, source)
     codec_cls, precisions = codec_settings(header, source)
     ckpt, state = find_checkpoint(header, model_path, inp.path, source)
     model, diffusion = load_coding_model(header, ckpt, state, torch_device, source)
     latent_model = DiffusionLatentModel(model, diffusion, torch_device, clip_denoised=header.clip_denoised,
                                         likelihood_std_min=header.likelihood_std_min)
-    return Decoder(inp, build_codec(codec_cls, precisions, latent_model, source), torch_device)
+    codec = build_codec(codec_cls, precisions, latent_model, source, file_coder(header))
+    return Decoder(inp, codec, torch_device)
 
 
 def interleave(parts: List[np.ndarray], world: int) -> np.ndarray:

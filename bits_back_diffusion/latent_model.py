@@ -89,6 +89,18 @@ class DiffusionLatentModel:
         self.model_evals += 1
         return _host(out["mean"]), _host(out["log_variance"])
 
+    def reverse_on_device(self, z: torch.Tensor, t: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`reverse` with the float64 mean and std left where the model ran (the CUDA coder's
+        input): the same operations in torch, whose exp there is the device's own, so only the
+        same device reproduces them (files say which coder wrote them)."""
+        with torch.inference_mode():
+            out = self.diffusion.p_mean_variance(self._net, z, self._steps(t, z.shape[0]), clip_denoised=self.clip_denoised)
+            low = max(self.std_range[0], self.likelihood_std_min if t == 0 else 0.0)
+            mean = out["mean"].to(torch.float64)
+            std = torch.clamp(torch.exp(0.5 * out["log_variance"].to(torch.float64)), low, self.std_range[1])
+        self.model_evals += 1
+        return mean, std
+
     def gaussian_from_raw(self, raw: RawGaussian, t: int) -> Gaussian:
         """The float64 (mean, std) of `reverse` from `reverse_raw`'s output. Elementwise NumPy on an
         exact widening of the model's values, so the same raw arrays give the same bits every call:

@@ -32,3 +32,14 @@ def test_checkpoints_that_do_not_record_the_device_are_not_resumed(tmp_path):
     path, state = saved_state(tmp_path, {"codec": "bitswap"})
     with pytest.raises(CheckpointError, match="does not record device .written by an older version."):
         state.check_meta({"codec": "bitswap", "device": "cpu"}, path)
+
+
+def test_the_coder_is_part_of_the_resume_check_and_older_checkpoints_were_host(tmp_path):
+    old = {"codec": "bitswap", "device": "cuda NVIDIA H200"}  # before the coder was recorded
+    path, state = saved_state(tmp_path, old)
+    state.check_meta({**old, "coder": "host"}, path)  # earlier versions always coded on the host: resumes
+    with pytest.raises(CheckpointError, match=r"encoded with coder='host' but this run has coder='cuda'.*codec.coder"):
+        state.check_meta({**old, "coder": "cuda"}, path)
+    path, state = saved_state(tmp_path, {**old, "coder": "cuda"})
+    with pytest.raises(CheckpointError, match=r"encoded with coder='cuda' but this run has coder='host'"):
+        state.check_meta({**old, "coder": "host"}, path)

@@ -160,6 +160,7 @@ def test_a_gpu_file_decodes_on_its_device_and_is_refused_on_the_cpu(model_dir, o
     header, _ = read_bbd(str(run_dir / "compressed.bbd"))
     assert header.device.kind == "cuda" and header.device.name == torch.cuda.get_device_name()
     assert header.device.cuda_version and header.device.deterministic and not header.device.tf32
+    assert header.device.coder == "cuda", "Bit-Swap on a CUDA model codes with the CUDA coder (numba-cuda)"
     refused = run_script("decode.py", [f"input={run_dir}", f"output_dir={tmp_path / 'cpu'}", "device=cpu"], check=False)
     assert refused.returncode == 2 and not (tmp_path / "cpu").exists()
     assert f"encoded on cuda ({header.device.name}" in refused.stderr and "would run on cpu" in refused.stderr

@@ -387,13 +387,16 @@ def image_hashes(images):
     return [hashlib.sha256(np.asarray(img)[0].astype(np.uint8).tobytes()).hexdigest() for img in images]
 
 
-def test_version_2_file_decodes_with_this_code():
-    """A file written by the version-2 writer (tests/fixtures), found its checkpoint through the
-    digits data config's default (its recorded absolute path is not used), decodes exactly."""
-    header, images, numbers = decoder.decode_input(str(FIXTURE), log=lambda *_: None)
-    want = fixture_expectations()
+@pytest.mark.parametrize("version", [2, 3])
+def test_files_of_earlier_versions_decode_with_this_code(version):
+    """Files written by the version-2 and version-3 writers (tests/fixtures), found their checkpoint
+    through the digits data config's default (a recorded absolute path is not used), decode exactly."""
+    fixture = FIXTURE.with_name(f"digits3_v{version}.bbd")
+    header, images, numbers = decoder.decode_input(str(fixture), log=lambda *_: None)
+    want = json.loads(fixture.with_suffix(".json").read_text())
     assert header.checkpoint_name == "ema_0.999_004000.pt" and header.model_sha256 == want["model_sha256"]
     assert image_hashes(images) == want["image_sha256"] and numbers == [0, 1, 2]
+    assert struct.unpack_from("<H", fixture.read_bytes(), 8)[0] == version
 
 
 def test_device_mismatch_is_refused_before_any_model_call(tmp_path, monkeypatch):

@@ -4,14 +4,18 @@ kernels in two builds (threaded over lanes with numba prange, and single-threade
 Why a cache folder per source version: numba checks only the timestamp of the decorated
 function's own file before loading cached machine code, so after an update that changes a
 helper in another file (say `cdfs.py`) a kernel in `phases.py` would run the old helper. Here
-the folder's name is a digest of every file of craystack.compiled and of the function's own
-file, so changed sources never meet old code.
+the folder's name is a digest of every file of craystack.compiled and of every file in the
+function's own folder (whose kernels inline helpers from sibling modules), so changed sources
+never meet old code.
 
 Why two builds: starting threads for a prange costs a few microseconds on an idle machine and
-more on a busy one, which dwarfs the work of a small group of lanes (tests, small images); a
-group of thousands of lanes (a CIFAR image has 3072) gains almost the thread count. Both builds
-run the same source, so they give the same results (lanes are independent and the word scans
-sequential).
+more on a busy one, which dwarfs the work of a small group of lanes (tests, small images), so
+groups under PARALLEL_MIN_LANES run the single-threaded build. A group of thousands of lanes (a
+CIFAR image has 3072) runs the threaded build even with one numba thread: numba compiles a prange
+body into a function of its own, and the per-lane functions inlined there ran faster than in the
+plain loop of the single-threaded build (Bit-Swap encode, CIFAR batch 16, one thread: 15.3 against
+28.0 ms per step, `bench/codec_speed.py`). Both builds run the same source, so they give the same
+results (lanes are independent and the word scans sequential).
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from pathlib import Path
 import numba
 from numba import njit
 
-__all__ = ["PARALLEL_MIN_LANES", "compiled", "lane_kernel"]
+__all__ = ["PARALLEL_MIN_LANES", "compiled", "lane_kernel", "cuda_kernel"]
 
 PARALLEL_MIN_LANES = 2048  #: groups with fewer lanes than this run on one thread
 
@@ -48,9 +52,9 @@ _HERE = Path(__file__).resolve().parent
 
 
 @functools.lru_cache(maxsize=None)
-def _cache_dir(source: str) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(_HERE.glob("*.py")) + [Path(source)]:
+def _cache_dir(source: str, salt: str = "") -> str:
+    digest = hashlib.sha256(salt.encode())
+    for path in sorted(_HERE.glob("*.py")) + sorted(Path(source).parent.glob("*.py")):
         digest.update(path.read_bytes())
     name = f"numba-{digest.hexdigest()[:16]}"
     folder = Path(source).parent / "__pycache__" / name
@@ -63,9 +67,9 @@ def _cache_dir(source: str) -> str:
 
 
 @contextlib.contextmanager
-def _caching_in(fn):
+def _caching_in(fn, salt: str = ""):
     previous = numba.config.CACHE_DIR
-    numba.config.CACHE_DIR = _cache_dir(str(Path(inspect.getsourcefile(fn)).resolve()))
+    numba.config.CACHE_DIR = _cache_dir(str(Path(inspect.getsourcefile(fn)).resolve()), salt)
     try:
         yield
     finally:
@@ -81,8 +85,22 @@ def compiled(fn=None, **options):
     return build if fn is None else build(fn)
 
 
+def cuda_kernel(fn=None, *, salt: str = ""):
+    """`numba.cuda.jit(cache=True)` with the cache folder of the sources' version, and of `salt`
+    (settings the kernel reads as compile-time constants, such as its threads per block: numba's
+    cache does not see them)."""
+    from numba import cuda
+
+    def build(f):
+        with _caching_in(f, salt):
+            return cuda.jit(cache=True)(f)
+
+    return build if fn is None else build(fn)
+
+
 class LaneKernel:
-    """A kernel whose 5th argument is the array of lanes per group; picks the build by its size."""
+    """A kernel whose 5th argument is the array of lanes per group; picks the build by the size of
+    the largest group (see the module doc)."""
 
     def __init__(self, fn):
         self.parallel = compiled(fn, parallel=True)
@@ -97,7 +115,7 @@ class LaneKernel:
 
     def __call__(self, *args):
         lanes = args[4]
-        threaded = numba.get_num_threads() > 1 and lanes.size and int(lanes.max()) >= PARALLEL_MIN_LANES
+        threaded = lanes.size and int(lanes.max()) >= PARALLEL_MIN_LANES
         return (self.parallel if threaded else self.serial)(*args)
 
 

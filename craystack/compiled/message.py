@@ -183,33 +183,41 @@ class CompiledMessage:
         """Make room for a phase: at least `pops` words fetched into the buffer (or all there
         are) and space for `pushes` more on top of them."""
         top, base = int(self.meta[TOP]), int(self.meta[BASE])
-        pulled = []
-        if pops > top and base > 0:
-            want = min(base, max(pops - top, top, 4096))
-            node, need = self._below, want
-            while need > 0:
-                words = node.words
-                if words.size > need:
-                    pulled.append(words[words.size - need:])
-                    node = rans._Chunk(words[:words.size - need], node.below)
-                    need = 0
-                else:
-                    pulled.append(words)
-                    need -= words.size
-                    node = node.below
-            self._below = node
-            self.meta[BASE] = base - want
-            pulled.reverse()
+        if not (pops > top and base > 0) and top + pushes <= self.buf.size:
+            return
+        pulled = self.pull_below(pops)
         grown = top + sum(p.size for p in pulled)
-        if pulled or grown + pushes > self.buf.size:
-            buf = np.empty(max(2 * (grown + pushes), 1024), dtype=np.uint32)
-            at = 0
-            for part in pulled:
-                buf[at:at + part.size] = part
-                at += part.size
-            buf[at:at + top] = self.buf[:top]
-            self.buf = buf
-            self.meta[TOP] = grown
+        buf = np.empty(max(2 * (grown + pushes), 1024), dtype=np.uint32)
+        at = 0
+        for part in pulled:
+            buf[at:at + part.size] = part
+            at += part.size
+        buf[at:at + top] = self.buf[:top]
+        self.buf = buf
+        self.meta[TOP] = grown
+
+    def pull_below(self, pops: int) -> list:
+        """The words to fetch from the untouched chunks for a phase of `pops` pops (bottom to
+        top; none if the buffer holds enough or there is nothing below), taken off them."""
+        top, base = int(self.meta[TOP]), int(self.meta[BASE])
+        if not (pops > top and base > 0):
+            return []
+        want = min(base, max(pops - top, top, 4096))
+        pulled, node, need = [], self._below, want
+        while need > 0:
+            words = node.words
+            if words.size > need:
+                pulled.append(words[words.size - need:])
+                node = rans._Chunk(words[:words.size - need], node.below)
+                need = 0
+            else:
+                pulled.append(words)
+                need -= words.size
+                node = node.below
+        self._below = node
+        self.meta[BASE] = base - want
+        pulled.reverse()
+        return pulled
 
     def check(self, who: str) -> None:
         """After a phase: report a first borrow as craystack does; refuse a broken state."""
@@ -230,16 +238,17 @@ class CompiledMessage:
         return 32.0 * words + float(np.log2(self.head.reshape(self.shape).astype(np.float64)).sum())
 
     def to_message(self) -> rans.Message:
-        top = int(self.meta[TOP])
+        return self.message_of(self.head, self.buf[:int(self.meta[TOP])])
+
+    def message_of(self, head: np.ndarray, top_words: np.ndarray) -> rans.Message:
+        """The Message of this state, given host copies of its head and of the buffer's words."""
         node = self._below
-        if top:
-            words = self.buf[:top].copy()
+        if top_words.size:
+            words = np.array(top_words, dtype=np.uint32, copy=True)
             words.flags.writeable = False
             node = rans._Chunk(words, node)
         tail = rans.Tail(node, self.length, int(self.meta[LOW]), int(self.meta[BORROWED]),
                          bool(self.meta[WARNED]))
-        head = self.head.reshape(self.shape).copy()
+        head = np.array(head, dtype=np.uint64, copy=True).reshape(self.shape)
         head.flags.writeable = False
         return rans.Message(head, tail)
-
-

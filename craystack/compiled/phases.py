@@ -23,7 +23,7 @@ from .message import (HEAD_MIN, pop_flagged, pop_state, push_flagged, push_inter
                       push_state)
 
 __all__ = ["quantized_push_groups", "quantized_pop_groups", "uniform_push_groups", "uniform_pop_groups",
-           "first_status"]
+           "first_status", "quantized_push_lane", "quantized_pop_lane", "uniform_push_lane", "uniform_pop_lane"]
 
 EPS = 2.0 ** -44  # craystack.gaussian._EPS
 
@@ -37,6 +37,61 @@ def first_status(stat, lanes, offset):
     return 0, -1
 
 
+# --- one lane's work, shared by these threaded kernels and the CUDA ones (cuda_phases) -------------
+
+@compiled(inline="always")
+def quantized_push_lane(lane, p, head, kind, edges, mu, sd, a, b, n, prec, k, total, denom, symbols, words, flags,
+                        stat):
+    """Lane `lane` pushes symbols[p] with craystack's quantized codec of `kind`: its new state, and
+    the word to move to the tail if it overflowed (flags), or a nonzero status (stat)."""
+    start, end, st = quantized_interval(kind, symbols[p], edges, mu[p], sd[p], a[p], b[p], n, EPS, denom, 0, False,
+                                        0.0, 1.0, False, k, total)
+    stat[lane] = st
+    if st == 0:
+        head[lane], over, word = push_interval(head[lane], start, end - start, prec)
+        flags[lane] = over
+        words[lane] = word
+
+
+@compiled(inline="always")
+def quantized_pop_lane(lane, p, head, kind, edges, mu, sd, a, b, n, prec, k, total, denom, ratio, inv_k, rounds, out,
+                       flags, stat):
+    """Lane `lane` pops its symbol into out[p] (craystack's decoder with its guess); flags: the lane
+    needs a word from the tail."""
+    x = head[lane]
+    cf = x & (total - np.uint64(1))
+    g0 = quantized_guess(kind, cf, mu[p], sd[p], a[p], b[p], n, 0.0, 0, False, 0.0, 1.0, False, ratio, inv_k, rounds)
+    s, start, end, st = quantized_pop(kind, cf, g0, edges, mu[p], sd[p], a[p], b[p], n, EPS, denom, 0, False, 0.0,
+                                      1.0, False, k, total, 0.0, inv_k)
+    stat[lane] = st
+    x = pop_state(x, cf, start, end - start, prec)
+    head[lane] = x
+    flags[lane] = x < HEAD_MIN
+    out[p] = s
+
+
+@compiled(inline="always")
+def uniform_push_lane(lane, p, head, prec, symbols, words, flags):
+    """craystack.Uniform(prec) push of symbols[p] on lane `lane` (in range: checked by the caller)."""
+    one = np.uint64(1)
+    x, over, word = push_renorm(head[lane], one, prec)
+    head[lane] = push_state(x, x, np.uint64(symbols[p]), one, prec, np.uint64(0))
+    flags[lane] = over
+    words[lane] = word
+
+
+@compiled(inline="always")
+def uniform_pop_lane(lane, p, head, prec, out, flags):
+    """craystack.Uniform(prec) pop into out[p]."""
+    x = head[lane]
+    out[p] = np.int64(x & ((np.uint64(1) << np.uint64(prec)) - np.uint64(1)))
+    x = x >> np.uint64(prec)
+    head[lane] = x
+    flags[lane] = x < HEAD_MIN
+
+
+# --- threaded kernels -----------------------------------------------------------------------------
+
 @lane_kernel
 def quantized_push_groups(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, n, prec, symbols,
                           words, flags, stat):
@@ -49,15 +104,8 @@ def quantized_push_groups(head, buf, meta, offsets, lanes, kind, edges, mu, sd, 
         off = offsets[g]
         count = lanes[g]
         for lane in prange(count):
-            p = off + lane
-            start, end, st = quantized_interval(kind, symbols[p], edges, mu[p], sd[p], a[p], b[p], n, EPS, denom, 0,
-                                                False, 0.0, 1.0, False, k, total)
-            stat[lane] = st
-            freq = end - start
-            if st == 0:
-                head[lane], over, word = push_interval(head[lane], start, freq, prec)
-                flags[lane] = over
-                words[lane] = word
+            quantized_push_lane(lane, off + lane, head, kind, edges, mu, sd, a, b, n, prec, k, total, denom, symbols,
+                                words, flags, stat)
         status, where = first_status(stat, count, off)
         if status:
             return status, where
@@ -71,7 +119,6 @@ def quantized_pop_groups(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a
     """Pop one symbol per lane of each group into out[offsets[g] + l] (craystack's decoder with
     its guess, `rounds` guess rounds)."""
     total = np.uint64(1) << np.uint64(prec)
-    mask = total - np.uint64(1)
     k = float((1 << prec) - n)
     denom = 1.0 + n * EPS
     ratio = n / float(total)
@@ -80,18 +127,8 @@ def quantized_pop_groups(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a
         off = offsets[g]
         count = lanes[g]
         for lane in prange(count):
-            p = off + lane
-            x = head[lane]
-            cf = x & mask
-            g0 = quantized_guess(kind, cf, mu[p], sd[p], a[p], b[p], n, 0.0, 0, False, 0.0, 1.0, False, ratio, inv_k,
-                                 rounds)
-            s, start, end, st = quantized_pop(kind, cf, g0, edges, mu[p], sd[p], a[p], b[p], n, EPS, denom, 0, False,
-                                              0.0, 1.0, False, k, total, 0.0, inv_k)
-            stat[lane] = st
-            x = pop_state(x, cf, start, end - start, prec)
-            head[lane] = x
-            flags[lane] = x < HEAD_MIN
-            out[p] = s
+            quantized_pop_lane(lane, off + lane, head, kind, edges, mu, sd, a, b, n, prec, k, total, denom, ratio,
+                               inv_k, rounds, out, flags, stat)
         status, where = first_status(stat, count, off)
         if status:
             return status, where
@@ -103,32 +140,22 @@ def quantized_pop_groups(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a
 @lane_kernel
 def uniform_push_groups(head, buf, meta, offsets, lanes, prec, symbols, words, flags):
     """craystack.Uniform(prec) pushes of symbols[offsets[g] + l] (in range: checked by the caller)."""
-    one = np.uint64(1)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
         for lane in prange(count):
-            start = np.uint64(symbols[off + lane])
-            x, over, word = push_renorm(head[lane], one, prec)
-            head[lane] = push_state(x, x, start, one, prec, np.uint64(0))
-            flags[lane] = over
-            words[lane] = word
+            uniform_push_lane(lane, off + lane, head, prec, symbols, words, flags)
         push_flagged(words, flags, count, buf, meta)
 
 
 @lane_kernel
 def uniform_pop_groups(head, buf, meta, offsets, lanes, prec, out, flags):
     """craystack.Uniform(prec) pops into out[offsets[g] + l]; returns an error code (0: none)."""
-    mask = (np.uint64(1) << np.uint64(prec)) - np.uint64(1)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
         for lane in prange(count):
-            x = head[lane]
-            out[off + lane] = np.int64(x & mask)
-            x = x >> np.uint64(prec)
-            head[lane] = x
-            flags[lane] = x < HEAD_MIN
+            uniform_pop_lane(lane, off + lane, head, prec, out, flags)
         if pop_flagged(head, flags, count, buf, meta):
             return -1
     return 0

@@ -1,0 +1,254 @@
+"""The Bit-Swap coder on a CUDA device: the compiled path's drivers (`compiled_codecs.bitswap_encode`
+/ `bitswap_decode`) with device arrays and CUDA kernels, so a step's model outputs, latents and
+lane states never leave the GPU (only the phase counters, 64 bytes, come back between phases).
+
+Design, and why:
+
+* Same kernels' logic as the CPU: every pass calls the per-lane functions of `bitswap_lanes` and
+  `craystack.compiled.phases`, compiled by numba-cuda for the GPU; the ordered word moves are the
+  block scans of `craystack.compiled.cuda_message`. A phase is one launch of one thread block
+  that walks the lane groups in order (the groups share the head's lanes, so they cannot run
+  side by side); a step is 3 launches (q pop, p push or the likelihood, and the top prior at the
+  end) whatever the batch.
+* Same message format: the shared tail with words in lane order, so everything that reads
+  messages (checkpoints, `.bbd` files, rates) is unchanged.
+* Determinism: integer ANS arithmetic is exact anywhere. The CDFs use CUDA's libdevice
+  normcdf/normcdfinv (`craystack.compiled.cuda_special`), and the model's mean and standard
+  deviation come from torch on the device, so the encoder and decoder compute identical values on
+  the same GPU model and software; they are not scipy's, so a file records that this coder wrote
+  it (`DeviceInfo.coder`) and the decoder refuses to decode it anywhere else.
+* Tables (Bit-Swap's bin edges, centres) are copied to the device once per codec.
+
+Tested without a GPU in numba's CUDA simulator (kernels run as Python threads, special functions
+are scipy's): equal symbols and messages to the CPU kernels on the same inputs. The `gpu` tests and
+`bench/device_check.sh` run it on a real device.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import cuda
+
+from craystack.compiled import cuda_phases
+from craystack.compiled.cuda_message import (THREADS, DeviceMessage, block_first_error, block_pop_flagged,
+                                             block_push_flagged, to_device_array)
+from craystack.compiled.cuda_phases import launch, report_error
+from craystack.compiled.kernels import cuda_kernel
+
+from .bitswap_lanes import (p_pop_coarse_lane, p_pop_fine_lane, p_push_lane, q_pop_coarse_lane, q_pop_fine_lane,
+                            q_push_lane)
+from .compiled_codecs import HostCoder, _BitSwapTables, _check_gaussian, _Groups, _Scratch
+
+__all__ = ["CudaCoder"]
+
+
+@cuda_kernel(salt=f"threads={THREADS}")
+def _q_pop_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
+                  salt_f, out, flags, coarse, guess, seen, s_ref, s_mass, s_upper, s_flat, result):
+    shared = cuda.shared.array(THREADS, np.int64)
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in range(cuda.threadIdx.x, count, THREADS):
+            q_pop_coarse_lane(lane, off + lane, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
+                              salt_f, flags, coarse, guess, s_ref, s_mass, s_upper, s_flat)
+        cuda.syncthreads()
+        if block_pop_flagged(head, flags, count, buf, meta, shared):
+            if cuda.threadIdx.x == 0:
+                result[0] = -1
+            return
+        for lane in range(cuda.threadIdx.x, count, THREADS):
+            if fine_bits == 0:
+                out[off + lane] = coarse[lane]
+            else:
+                q_pop_fine_lane(lane, off + lane, count, head, mu, sd, edges_f, prec, fine_bits, keyed, salt_f, out,
+                                flags, coarse, guess, seen, s_ref, s_mass, s_upper, s_flat)
+        cuda.syncthreads()
+        if fine_bits and block_pop_flagged(head, flags, count, buf, meta, shared):
+            if cuda.threadIdx.x == 0:
+                result[0] = -1
+            return
+
+
+@cuda_kernel(salt=f"threads={THREADS}")
+def _q_push_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
+                   salt_f, symbols, words, flags, words2, flags2, stat, seen, result):
+    shared = cuda.shared.array(THREADS, np.int64)
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in range(cuda.threadIdx.x, count, THREADS):
+            q_push_lane(lane, off + lane, count, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
+                        salt_f, symbols, words, flags, words2, flags2, stat, seen)
+        cuda.syncthreads()
+        first = block_first_error(stat, count, 0, shared)
+        if first < count:
+            report_error(stat, first, off, result)
+            return
+        block_push_flagged(words, flags, count, buf, meta, shared)
+        block_push_flagged(words2, flags2, count, buf, meta, shared)
+
+
+@cuda_kernel(salt=f"threads={THREADS}")
+def _p_push_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, symbols, words,
+                   flags, words2, flags2, stat, seen, result):
+    shared = cuda.shared.array(THREADS, np.int64)
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in range(cuda.threadIdx.x, count, THREADS):
+            p_push_lane(lane, off + lane, count, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, symbols,
+                        words, flags, words2, flags2, stat, seen)
+        cuda.syncthreads()
+        first = block_first_error(stat, count, 8, shared)  # a sub-bin error first, as the reference
+        if first == count:
+            first = block_first_error(stat, count, 0, shared)
+        if first < count:
+            report_error(stat, first, off, result)
+            return
+        block_push_flagged(words, flags, count, buf, meta, shared)
+        block_push_flagged(words2, flags2, count, buf, meta, shared)
+
+
+@cuda_kernel(salt=f"threads={THREADS}")
+def _p_pop_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, out, flags,
+                  coarse, stat, guess, seen, s_ref, s_mass, s_upper, s_flat, result):
+    shared = cuda.shared.array(THREADS, np.int64)
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in range(cuda.threadIdx.x, count, THREADS):
+            p_pop_coarse_lane(lane, off + lane, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, flags, coarse,
+                              stat, guess, s_ref, s_mass, s_upper, s_flat)
+        cuda.syncthreads()
+        first = block_first_error(stat, count, 0, shared)
+        if first < count:
+            report_error(stat, first, off, result)
+            return
+        if block_pop_flagged(head, flags, count, buf, meta, shared):
+            if cuda.threadIdx.x == 0:
+                result[0] = -1
+            return
+        for lane in range(cuda.threadIdx.x, count, THREADS):
+            if fine_bits == 0:
+                out[off + lane] = coarse[lane]
+            else:
+                p_pop_fine_lane(lane, off + lane, count, head, mu, sd, edges_f, prec, fine_bits, out, flags, coarse,
+                                stat, guess, seen, s_ref, s_mass, s_upper, s_flat)
+        cuda.syncthreads()
+        if fine_bits:
+            first = block_first_error(stat, count, 0, shared)
+            if first < count:
+                report_error(stat, first, off, result)
+                return
+            if block_pop_flagged(head, flags, count, buf, meta, shared):
+                if cuda.threadIdx.x == 0:
+                    result[0] = -1
+                return
+
+
+def _device_copy(obj, names):
+    for name in names:
+        setattr(obj, name, cuda.to_device(np.ascontiguousarray(getattr(obj, name))))
+    return obj
+
+
+class CudaCoder(HostCoder):
+    """`HostCoder`'s arrays on the model's CUDA device and its kernels as CUDA launches."""
+
+    name = "cuda"
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self._tables = {}
+
+    @staticmethod
+    def q_pop(*args) -> int:
+        return launch(_q_pop_kernel, *args)[0]
+
+    @staticmethod
+    def q_push(*args):
+        return launch(_q_push_kernel, *args)
+
+    @staticmethod
+    def p_push(*args):
+        return launch(_p_push_kernel, *args)
+
+    @staticmethod
+    def p_pop(*args):
+        return launch(_p_pop_kernel, *args)
+
+    quantized_push = staticmethod(cuda_phases.quantized_push_groups)
+    quantized_pop = staticmethod(cuda_phases.quantized_pop_groups)
+    uniform_push = staticmethod(cuda_phases.uniform_push_groups)
+    uniform_pop = staticmethod(cuda_phases.uniform_pop_groups)
+
+    def state(self, message) -> DeviceMessage:
+        return DeviceMessage(message)
+
+    def buffers(self, state):
+        return state.d_head, state.d_buf, state.d_meta
+
+    def groups(self, batch: int, head_images: int, dims: int, reverse: bool = False) -> _Groups:
+        groups = _Groups(batch, head_images, dims, reverse)
+        _device_copy(groups, ("offsets", "lanes"))
+        _device_copy(groups.scratch, [k for k in vars(_Scratch(0))])
+        return groups
+
+    def tables(self, codec) -> _BitSwapTables:
+        key = codec.prec.prior_prec, codec.prec.latent_prec
+        if key not in self._tables:
+            tables = _BitSwapTables(codec)
+            self._tables[key] = (_device_copy(tables, ("edges_c", "edges_f", "bounds")),
+                                 torch.tensor(np.array(codec._centres), dtype=torch.float64, device=self.device))
+        return self._tables[key][0]
+
+    def _arg(self, t: torch.Tensor):
+        return to_device_array(t.contiguous())
+
+    def symbols(self, count: int):
+        return self._arg(torch.empty(count, dtype=torch.int64, device=self.device))
+
+    def levels(self, x_levels: np.ndarray):
+        return cuda.to_device(np.ascontiguousarray(x_levels, dtype=np.int64).reshape(-1))
+
+    def to_host(self, a) -> np.ndarray:
+        return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+
+    def _tensor(self, a) -> torch.Tensor:
+        """A kernel's output array as a tensor on the device (no copy on a GPU)."""
+        if self.device.type == "cuda":
+            return torch.as_tensor(a, device=self.device)
+        return torch.from_numpy(self.to_host(a))  # the simulator's arrays live on the host
+
+    def latent(self, codec, idx, shape) -> torch.Tensor:
+        self.tables(codec)
+        centres = self._tables[codec.prec.prior_prec, codec.prec.latent_prec][1]
+        return centres[self._tensor(idx)].reshape(shape)
+
+    def data_value(self, codec, x_levels) -> torch.Tensor:
+        levels = self._tensor(x_levels) if not isinstance(x_levels, np.ndarray) else torch.from_numpy(
+            np.ascontiguousarray(x_levels)).to(self.device)
+        return levels.to(torch.float64) * (2.0 / (codec.lm.num_levels - 1)) - 1.0
+
+    def q_params(self, codec, z_prev: torch.Tensor, t: int):
+        mean = (float(codec._keep[t]) * z_prev).reshape(-1)
+        return self._arg(mean), self._arg(torch.full_like(mean, float(codec._noise[t])))
+
+    def reverse(self, lm, z: torch.Tensor, t: int):
+        return lm.reverse_on_device(z.to(torch.float32), t)
+
+    def gaussian(self, reverse, groups: _Groups, shape, who: str):
+        mean = reverse[0].to(torch.float64).broadcast_to(shape).contiguous().reshape(-1)
+        std = reverse[1].to(torch.float64).broadcast_to(shape).contiguous().reshape(-1)
+        if not bool(torch.isfinite(mean).all() & torch.isfinite(std).all() & (std > 0).all()):
+            _check_gaussian(mean.cpu().numpy(), std.cpu().numpy(), groups, shape, who)
+        return self._arg(mean), self._arg(std)
+
+    def discretized(self, reverse, groups: _Groups, shape, lm):
+        mean, std = self.gaussian(reverse, groups, shape, "DiscretizedGaussian")
+        k = lm.num_levels
+        count = int(np.prod(shape))
+        lo = torch.full((count,), -1.0, dtype=torch.float64, device=self.device)
+        step = torch.full((count,), 2.0 / (k - 1), dtype=torch.float64, device=self.device)
+        return mean, std, self._arg(lo), self._arg(step), k

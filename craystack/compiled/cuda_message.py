@@ -1,0 +1,235 @@
+"""A message whose head and tail top live on a CUDA device, and the block-wide scans that move
+renormalisation words between its lanes and its tail.
+
+Why one thread block per phase and scans instead of per-lane word stacks: the file format is the
+shared tail of craystack.rans, words in lane order, which the CPU path and every earlier file
+use. A pass over a lane group leaves one flag per lane (overflowed, or needs a word); the order
+of the moved words is then an exclusive prefix sum of those flags, which a block computes in
+log2(threads) steps of shared memory, after which every thread moves its own lanes' words with
+no further ordering. The group-to-group dependency (each group codes on the same head lanes) is
+the block's loop, with a barrier between passes, so a whole phase is one kernel launch whatever
+the number of groups. The rare give-back of borrowed generator words (a push onto an empty tail
+whose words equal the most recently borrowed ones) is one thread's sequential check, exactly as
+on the CPU (`message.push_flagged`).
+
+Threads: `THREADS` per block (BBD_CUDA_THREADS, a power of two; 256 by default, which any CUDA
+GPU can launch whatever the kernels' register use). Each thread takes a contiguous run of lanes
+in the scans (lane order) and lanes tid, tid + THREADS, ... in the passes (coalesced reads).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from numba import cuda
+
+from .. import rans
+from .message import (BASE, BORROWED, ERROR, ERROR_PREFETCH, LOW, NEW_WARNING, TOP, WARNED, CompiledMessage,
+                      generator_word)
+
+__all__ = ["THREADS", "DeviceMessage", "block_push_flagged", "block_pop_flagged", "block_first_error",
+           "to_device_array"]
+
+
+def _threads() -> int:
+    value = os.environ.get("BBD_CUDA_THREADS", "256")
+    if not value.isdigit() or int(value) < 1 or int(value) > 1024 or int(value) & (int(value) - 1):
+        raise ValueError(f"BBD_CUDA_THREADS={value!r}: use a power of two from 1 to 1024 (default 256)")
+    return int(value)
+
+
+THREADS = _threads()
+_U32 = np.uint64(32)
+
+
+@cuda.jit(device=True)
+def _exclusive_scan(value, shared):
+    """(sum of `value` over the threads before this one, sum over the block)."""
+    tid = cuda.threadIdx.x
+    shared[tid] = value
+    cuda.syncthreads()
+    step = 1
+    while step < THREADS:
+        add = shared[tid - step] if tid >= step else 0
+        cuda.syncthreads()
+        shared[tid] += add
+        cuda.syncthreads()
+        step *= 2
+    total = shared[THREADS - 1]
+    before = shared[tid] - value
+    cuda.syncthreads()  # the next scan reuses `shared`
+    return before, total
+
+
+@cuda.jit(device=True)
+def _run(count):
+    """This thread's contiguous run of lanes [lo, hi) for the ordered scans."""
+    chunk = (count + THREADS - 1) // THREADS
+    lo = min(cuda.threadIdx.x * chunk, count)
+    return lo, min(lo + chunk, count)
+
+
+@cuda.jit(device=True)
+def block_push_flagged(words, flags, count, buf, meta, shared):
+    """`message.push_flagged` by the whole block: the flagged lanes' words onto the tail in lane
+    order (every thread calls it)."""
+    lo, hi = _run(count)
+    mine = 0
+    for lane in range(lo, hi):
+        if flags[lane]:
+            mine += 1
+    before, total = _exclusive_scan(mine, shared)
+    top = meta[TOP]
+    at = top + before
+    for lane in range(lo, hi):
+        if flags[lane]:
+            buf[at] = np.uint32(words[lane] & np.uint64(0xFFFFFFFF))
+            at += 1
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0 and total > 0:
+        skip = 0
+        borrowed = meta[BORROWED]
+        if meta[BASE] + top == 0 and borrowed > 0:
+            m = min(total, borrowed)
+            while skip < m and np.uint64(buf[skip]) == generator_word(np.uint64(borrowed - 1 - skip)):
+                skip += 1
+            if skip:
+                for i in range(total - skip):
+                    buf[i] = buf[i + skip]
+                meta[BORROWED] = borrowed - skip
+        meta[TOP] = top + total - skip
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True)
+def block_pop_flagged(head, flags, count, buf, meta, shared):
+    """`message.pop_flagged` by the whole block: each flagged lane, in lane order, gets the next
+    popped word; returns the same error code (0: none) in every thread."""
+    lo, hi = _run(count)
+    mine = 0
+    for lane in range(lo, hi):
+        if flags[lane]:
+            mine += 1
+    before, n = _exclusive_scan(mine, shared)
+    if n == 0:
+        return 0
+    top = meta[TOP]
+    base = meta[BASE]
+    borrowed = meta[BORROWED]
+    if n > top and base > 0:
+        cuda.syncthreads()
+        if cuda.threadIdx.x == 0:
+            meta[ERROR] = ERROR_PREFETCH
+        cuda.syncthreads()
+        return ERROR_PREFETCH
+    i = before
+    for lane in range(lo, hi):
+        if flags[lane]:
+            p = top - n + i
+            if p >= 0:
+                word = np.uint64(buf[p])
+            else:
+                word = generator_word(np.uint64(borrowed - p - 1))
+            head[lane] = (head[lane] << _U32) | word
+            i += 1
+    cuda.syncthreads()
+    if cuda.threadIdx.x == 0:
+        if n > top:
+            meta[BORROWED] = borrowed + (n - top)
+            top = 0
+            if meta[WARNED] == 0:
+                meta[WARNED] = 1
+                meta[NEW_WARNING] = 1
+        else:
+            top -= n
+        meta[TOP] = top
+        meta[LOW] = min(meta[LOW], base + top)
+    cuda.syncthreads()
+    return 0
+
+
+@cuda.jit(device=True)
+def block_first_error(stat, count, above, shared):
+    """The first lane < count whose stat exceeds `above` (count if none), the same in every
+    thread: `phases.first_status` without a sequential scan in the common case of no error."""
+    mine = count
+    for lane in range(cuda.threadIdx.x, count, THREADS):
+        if stat[lane] > above:
+            mine = lane
+            break
+    if not cuda.syncthreads_or(1 if mine < count else 0):
+        return count
+    tid = cuda.threadIdx.x
+    shared[tid] = mine
+    cuda.syncthreads()
+    step = THREADS // 2
+    while step > 0:
+        if tid < step and shared[tid + step] < shared[tid]:
+            shared[tid] = shared[tid + step]
+        cuda.syncthreads()
+        step //= 2
+    first = shared[0]
+    cuda.syncthreads()
+    return first
+
+
+def to_device_array(a):
+    """A CUDA view of a torch tensor or a device array (no copy), or a host array copied over."""
+    if hasattr(a, "__cuda_array_interface__"):
+        return cuda.as_cuda_array(a)
+    if hasattr(a, "detach"):  # a torch tensor on the host (the simulator's tests)
+        a = a.detach().numpy()
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+class DeviceMessage(CompiledMessage):
+    """A `CompiledMessage` whose head, tail top and counters live on the device (``d_head``,
+    ``d_buf``, ``d_meta``); the host keeps the untouched bottom of the tail and a copy of the
+    counters, fetched when a phase is planned (`reserve`) and checked (`check`)."""
+
+    def __init__(self, message: rans.Message):
+        super().__init__(message)
+        self.d_head = cuda.to_device(self.head)
+        self.d_buf = cuda.to_device(self.buf)
+        self.d_meta = cuda.to_device(self.meta)
+
+    def _fetch_meta(self) -> None:
+        self.d_meta.copy_to_host(self.meta)
+
+    def reserve(self, pops: int, pushes: int) -> None:
+        self._fetch_meta()
+        top, base = int(self.meta[TOP]), int(self.meta[BASE])
+        if not (pops > top and base > 0) and top + pushes <= self.d_buf.size:
+            return
+        pulled = self.pull_below(pops)
+        grown = top + sum(p.size for p in pulled)
+        buf = cuda.device_array(max(2 * (grown + pushes), 1024), dtype=np.uint32)
+        if pulled:
+            buf[:grown - top].copy_to_device(np.concatenate(pulled))
+        if top:
+            buf[grown - top:grown].copy_to_device(self.d_buf[:top])
+        self.d_buf = buf
+        self.meta[TOP] = grown
+        self.d_meta.copy_to_device(self.meta)
+
+    def check(self, who: str) -> None:
+        self._fetch_meta()
+        warned = bool(self.meta[NEW_WARNING])
+        super().check(who)
+        if warned:  # the host copy cleared the flag; so must the device
+            self.d_meta.copy_to_device(self.meta)
+
+    @property
+    def length(self) -> int:
+        return int(self.meta[BASE] + self.meta[TOP])
+
+    def bits(self) -> float:
+        self._fetch_meta()
+        self.d_head.copy_to_host(self.head)
+        return super().bits()
+
+    def to_message(self) -> rans.Message:
+        self._fetch_meta()
+        top = int(self.meta[TOP])
+        words = self.d_buf[:top].copy_to_host() if top else np.empty(0, dtype=np.uint32)
+        return self.message_of(self.d_head.copy_to_host(), words)

@@ -1,0 +1,132 @@
+"""The one-level phases of `phases` (craystack's quantized codec and Uniform over lane groups) as
+CUDA kernels: one launch of one thread block per phase, the same per-lane functions
+(`phases.*_lane`), the block scans of `cuda_message` in place of the sequential ones.
+
+Each launcher takes the arguments of its CPU twin in `phases` (device arrays for the arrays) and
+returns what it returns, so a driver can hold either set. Results, words and their order equal
+the CPU kernels' on the same CDF values; on a GPU the special functions are CUDA's own
+(`special`), so a file coded here decodes with these kernels only (the `.bbd` header says which
+coder wrote it).
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+from . import cuda_special  # noqa: F401  (the GPU special functions)
+from .cuda_message import THREADS, block_first_error, block_pop_flagged, block_push_flagged
+from .kernels import cuda_kernel
+from .phases import EPS, quantized_pop_lane, quantized_push_lane, uniform_pop_lane, uniform_push_lane
+
+__all__ = ["quantized_push_groups", "quantized_pop_groups", "uniform_push_groups", "uniform_pop_groups",
+           "launch", "report_error"]
+
+
+@cuda.jit(device=True)
+def report_error(stat, first, off, result):
+    """Thread 0 records (status, parameter index) of the failed lane `first` of the group at `off`."""
+    if cuda.threadIdx.x == 0:
+        result[0] = stat[first]
+        result[1] = off + first
+
+
+def launch(kernel, *args):
+    """Run `kernel` as one block of THREADS threads; its (status, index) result as two ints."""
+    result = cuda.to_device(np.array([0, -1], dtype=np.int64))
+    kernel[1, THREADS](*args, result)
+    status, where = result.copy_to_host()
+    return int(status), int(where)
+
+
+@cuda_kernel(salt=f"threads={THREADS}")
+def _quantized_push(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, n, prec, symbols, words, flags,
+                    stat, result):
+    shared = cuda.shared.array(THREADS, np.int64)
+    total = np.uint64(1) << np.uint64(prec)
+    k = float((1 << prec) - n)
+    denom = 1.0 + n * EPS
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in range(cuda.threadIdx.x, count, THREADS):
+            quantized_push_lane(lane, off + lane, head, kind, edges, mu, sd, a, b, n, prec, k, total, denom, symbols,
+                                words, flags, stat)
+        cuda.syncthreads()
+        first = block_first_error(stat, count, 0, shared)
+        if first < count:
+            report_error(stat, first, off, result)
+            return
+        block_push_flagged(words, flags, count, buf, meta, shared)
+
+
+@cuda_kernel(salt=f"threads={THREADS}")
+def _quantized_pop(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, n, prec, rounds, out, flags, stat,
+                   result):
+    shared = cuda.shared.array(THREADS, np.int64)
+    total = np.uint64(1) << np.uint64(prec)
+    k = float((1 << prec) - n)
+    denom = 1.0 + n * EPS
+    ratio = n / float(total)
+    inv_k = 1.0 / k
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in range(cuda.threadIdx.x, count, THREADS):
+            quantized_pop_lane(lane, off + lane, head, kind, edges, mu, sd, a, b, n, prec, k, total, denom, ratio,
+                               inv_k, rounds, out, flags, stat)
+        cuda.syncthreads()
+        first = block_first_error(stat, count, 0, shared)
+        if first < count:
+            report_error(stat, first, off, result)
+            return
+        if block_pop_flagged(head, flags, count, buf, meta, shared):
+            if cuda.threadIdx.x == 0:
+                result[0] = -1
+            return
+
+
+@cuda_kernel(salt=f"threads={THREADS}")
+def _uniform_push(head, buf, meta, offsets, lanes, prec, symbols, words, flags, result):
+    shared = cuda.shared.array(THREADS, np.int64)
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in range(cuda.threadIdx.x, count, THREADS):
+            uniform_push_lane(lane, off + lane, head, prec, symbols, words, flags)
+        cuda.syncthreads()
+        block_push_flagged(words, flags, count, buf, meta, shared)
+
+
+@cuda_kernel(salt=f"threads={THREADS}")
+def _uniform_pop(head, buf, meta, offsets, lanes, prec, out, flags, result):
+    shared = cuda.shared.array(THREADS, np.int64)
+    for g in range(offsets.size):
+        off = offsets[g]
+        count = lanes[g]
+        for lane in range(cuda.threadIdx.x, count, THREADS):
+            uniform_pop_lane(lane, off + lane, head, prec, out, flags)
+        cuda.syncthreads()
+        if block_pop_flagged(head, flags, count, buf, meta, shared):
+            if cuda.threadIdx.x == 0:
+                result[0] = -1
+            return
+
+
+def quantized_push_groups(*args):
+    """`phases.quantized_push_groups` on the device: (status, parameter index)."""
+    return launch(_quantized_push, *args)
+
+
+def quantized_pop_groups(*args):
+    """`phases.quantized_pop_groups` on the device: (status, parameter index)."""
+    return launch(_quantized_pop, *args)
+
+
+def uniform_push_groups(*args) -> None:
+    """`phases.uniform_push_groups` on the device."""
+    launch(_uniform_push, *args)
+
+
+def uniform_pop_groups(*args) -> int:
+    """`phases.uniform_pop_groups` on the device: an error code (0: none)."""
+    return launch(_uniform_pop, *args)[0]

@@ -1,0 +1,69 @@
+"""The CUDA coder without a GPU: which coder a codec gets, how files record it and refuse to be
+decoded without it, and (in a subprocess, in numba's CUDA simulator) that its kernels write the
+CPU kernels' messages (tests/cuda_sim)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from helpers import REPO_ROOT
+from test_bitswap import ConvNet, process
+
+from bits_back_diffusion import decoder
+from bits_back_diffusion.bbd_wire import header_from_bytes, header_to_bytes
+from bits_back_diffusion.bitswap import BITSWAP_PRECISIONS, BitSwapCodec
+from bits_back_diffusion.codec import BitsBackCodec
+from bits_back_diffusion.coders import choose_coder
+from bits_back_diffusion.container import DeviceInfo, read_bbd, write_bbd
+from bits_back_diffusion.latent_model import DiffusionLatentModel
+
+FIXTURE = REPO_ROOT / "tests" / "fixtures" / "digits3_v3.bbd"
+
+
+def test_cuda_kernels_in_the_simulator():
+    """tests/cuda_sim under NUMBA_ENABLE_CUDASIM=1 with 4 threads per block."""
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "BBD_CUDA_THREADS": "4"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/cuda_sim"],
+                         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout
+
+
+def test_codecs_code_on_the_host_unless_the_model_is_on_cuda():
+    lm = DiffusionLatentModel(ConvNet(), process(20, "2"), torch.device("cpu"))
+    assert BitSwapCodec(lm, BITSWAP_PRECISIONS).coder == "host"
+    assert BitsBackCodec(lm, BitsBackCodec.default_precisions).coder == "host"
+    assert choose_coder("bbans", "cuda", "numba") == "host"  # BB-ANS has no CUDA coder
+    assert choose_coder("bitswap", "cuda", "numpy") == "host"  # the NumPy reference codes on the host
+    with pytest.raises(ValueError, match="CUDA coder codes codec=bitswap with codec.backend=numba only"):
+        BitsBackCodec(lm, BitsBackCodec.default_precisions, coder="cuda")
+    with pytest.raises(ValueError, match="unknown coder 'gpu'; choose one of host, cuda"):
+        BitSwapCodec(lm, BITSWAP_PRECISIONS, coder="gpu")
+
+
+def test_the_coder_is_written_to_files_and_older_files_were_coded_on_the_host(tmp_path):
+    header, message = read_bbd(str(FIXTURE))  # format version 3: no coder field
+    assert header.device.coder == "host"
+    gpu = DeviceInfo(kind="cuda", name="NVIDIA H200", torch_version="2.5.1", torch_threads=1, coder="cuda")
+    assert header_from_bytes(header_to_bytes(dataclasses.replace(header, device=gpu))).device == gpu
+    assert "cuda coder" in gpu.describe()
+    with pytest.raises(ValueError, match="device coder must be host or cuda, got 'tpu'"):
+        DeviceInfo(kind="cuda", coder="tpu")
+    path = tmp_path / "gpu.bbd"
+    write_bbd(str(path), dataclasses.replace(header, device=gpu), message)
+    assert read_bbd(str(path))[0].device.coder == "cuda"
+
+
+def test_a_cuda_coder_file_is_refused_on_the_cpu_before_the_model(tmp_path, monkeypatch):
+    """Even with allow_device_mismatch: the CUDA coder's CDFs exist on a GPU only."""
+    header, message = read_bbd(str(FIXTURE))
+    path = tmp_path / "gpu.bbd"
+    write_bbd(str(path), dataclasses.replace(header, device=dataclasses.replace(header.device, coder="cuda")), message)
+    monkeypatch.setattr(decoder, "find_checkpoint", lambda *a, **k: pytest.fail("the checkpoint was looked for"))
+    with pytest.raises(decoder.DecodeError, match=r"coded by the CUDA coder .* but this decode runs on the CPU; decode "
+                                                  r"on a CUDA GPU .*pip install numba-cuda"):
+        decoder.decode_input(str(path), device="cpu", allow_device_mismatch=True)
