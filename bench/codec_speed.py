@@ -7,9 +7,10 @@ For each codec (bitswap with lanes for one image, bbans with lanes for the whole
 direction, the model runs once (its time per step is reported) and its outputs are recorded;
 the codec is then timed on the NumPy path and on the compiled path's host coder with 1 and 2
 numba threads, replaying the recorded outputs, so every path codes the very same batch. All
-these paths must give the same message (checked). With --device cuda, Bit-Swap is also timed on
-the CUDA coder (kernels on the GPU, its own model outputs kept there, replayed the same way); its
-messages differ from the host's in the last bits of the CDFs, so it is checked by decoding. Weights are random: the architecture sets the model's cost, and
+these paths must give the same message (checked). With --device cuda, each codec is also timed
+on the CUDA coder (kernels on the GPU; Bit-Swap's model values stay there), replaying model
+outputs recorded for it the same way; its messages differ from the host's in the last bits of
+the CDFs, so it is checked by decoding. Weights are random: the architecture sets the model's cost, and
 the codec's cost does not depend on the weights. Prints a markdown table and a JSON line.
 """
 from __future__ import annotations
@@ -123,17 +124,17 @@ def bench_codec(name, model, diffusion, x, steps, device):
                 raise SystemExit(f"{name} {direction}: the {label} path gave a different message")
             times[label] = seconds / steps
         rows[direction] = dict(model=model_s / steps, **times)
-    if device.type == "cuda" and name == "bitswap":
-        for direction, seconds in bench_cuda_coder(lm, precisions, start, x, steps).items():
+    if device.type == "cuda":
+        for direction, seconds in bench_cuda_coder(name, lm, precisions, start, x, steps).items():
             rows[direction]["cuda"] = seconds
     return rows
 
 
-def bench_cuda_coder(lm, precisions, start, x, steps):
+def bench_cuda_coder(name, lm, precisions, start, x, steps):
     """Seconds per step of the CUDA coder's encode and decode, on replayed model outputs of its own
     (recorded on a first pass that also compiles the kernels); its decode must give back x and
     the initial message."""
-    codec = build_codec("bitswap", lm, precisions, backend="numba", coder="cuda")
+    codec = build_codec(name, lm, precisions, backend="numba", coder="cuda")
     lm.calls, lm.replay = [], None
     with torch.no_grad():
         encoded = codec.encode(start, x)
@@ -143,14 +144,14 @@ def bench_cuda_coder(lm, precisions, start, x, steps):
         decoded, back = codec.decode(encoded, x.shape[0])
     dec_calls = lm.calls
     if not (np.array_equal(back, x) and cs.message_equal(decoded, start)):
-        raise SystemExit("bitswap: the CUDA coder did not decode its own message exactly")
+        raise SystemExit(f"{name}: the CUDA coder did not decode its own message exactly")
     out = {}
     for direction, calls, run in (("encode", enc_calls, lambda: codec.encode(start, x)),
                                   ("decode", dec_calls, lambda: codec.decode(encoded, x.shape[0])[0])):
         seconds, message = timed(codec, lm, run, calls, 1)
         torch.cuda.synchronize()
         if not cs.message_equal(message, encoded if direction == "encode" else decoded):
-            raise SystemExit(f"bitswap {direction}: the CUDA coder is not repeatable")
+            raise SystemExit(f"{name} {direction}: the CUDA coder is not repeatable")
         out[direction] = seconds / steps
     lm.replay = None
     return out

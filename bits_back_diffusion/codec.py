@@ -40,11 +40,12 @@ class BitsBackCodec:
 
     def __init__(self, latent_model: DiffusionLatentModel, precisions: Precisions, track: bool = False,
                  backend: str = "numba", coder: Optional[str] = None):
-        from .coders import choose_coder
+        from .coders import choose_coder, coder_impl
         from .compiled_codecs import check_backend
 
         self.backend = check_backend(backend)  # "numba": compiled_codecs; "numpy": the reference below
-        self.coder = choose_coder(self.name, latent_model.device, self.backend, coder)  # always "host" here
+        self.coder = choose_coder(self.name, latent_model.device, self.backend, coder)  # host or cuda kernels
+        self._coder = coder_impl(self.coder, latent_model.device)
         self.lm = latent_model
         self.prec = precisions
         self.trace: Optional[StepTrace] = StepTrace() if track else None
@@ -79,7 +80,7 @@ class BitsBackCodec:
         if self.backend == "numba":
             from .compiled_codecs import bbans_encode
 
-            return bbans_encode(self, message, x_levels)
+            return bbans_encode(self, message, x_levels, self._coder)
         lanes = lambda codec: on_lanes(codec, b, full)  # noqa: E731
         x = self.lm.data_to_model(x_levels)
         uniform = lanes(cs.Uniform(self.prec.prior_prec))
@@ -119,7 +120,7 @@ class BitsBackCodec:
         if self.backend == "numba":
             from .compiled_codecs import bbans_decode
 
-            return bbans_decode(self, message, int(batch))
+            return bbans_decode(self, message, int(batch), self._coder)
         lanes = lambda codec: on_lanes(codec, batch, full)  # noqa: E731
         shape = (batch,) + tuple(message.head.shape[1:])
         uniform = lanes(cs.Uniform(self.prec.prior_prec))

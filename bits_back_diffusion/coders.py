@@ -1,5 +1,5 @@
 """Which coder runs a codec's compiled path: "host" (threaded CPU kernels, scipy's CDFs; every
-device) or "cuda" (CUDA kernels on the model's GPU, libdevice's CDFs; Bit-Swap only).
+device) or "cuda" (CUDA kernels on the model's GPU, libdevice's CDFs).
 
 The two give different messages for the same input (their CDF values differ in the last bits),
 so the choice is recorded in a file (`DeviceInfo.coder`) and a decoder uses the one that wrote
@@ -33,20 +33,20 @@ def cuda_problem() -> str:
 
 
 def choose_coder(codec_name: str, device, backend: str, requested: Optional[str] = None) -> str:
-    """The coder for `codec_name` on `device`: `requested` if it can run (else ValueError naming
-    the fix), or the default described in the module doc."""
+    """The coder for codec `codec_name` on `device`: `requested` if it can run (else ValueError
+    naming the fix), or the default described in the module doc."""
     if requested is not None:
         if requested not in CODERS:
             raise ValueError(f"unknown coder {requested!r}; choose one of {', '.join(CODERS)}")
         if requested == "cuda":
-            if codec_name != "bitswap" or backend != "numba":
-                raise ValueError(f"the CUDA coder codes codec=bitswap with codec.backend=numba only, not "
-                                 f"codec={codec_name} with codec.backend={backend}")
+            if backend != "numba":
+                raise ValueError(f"the CUDA coder runs the compiled path (codec.backend=numba), not "
+                                 f"codec.backend={backend} (codec={codec_name})")
             problem = cuda_problem()
             if problem:
                 raise ValueError(f"the CUDA coder cannot run here: {problem}")
         return requested
-    if torch.device(device).type != "cuda" or backend != "numba" or codec_name != "bitswap":
+    if torch.device(device).type != "cuda" or backend != "numba":
         return "host"
     problem = cuda_problem()
     if problem:

@@ -15,7 +15,8 @@ Design, and why:
   ordering between lanes, but a file would then need per-lane lengths and a new layout, and
   each lane's partly filled last word would cost overhead; on the CPU the ordered part, one
   sequential scan per codec level that copies the overflowing lanes' words, is a short integer
-  loop next to the CDF work of the parallel passes, so it is kept. The NumPy path stays the
+  loop next to the CDF work of the parallel passes, and on a GPU it is a block-wide prefix sum
+  (craystack.compiled.cuda_message), so it is kept. The NumPy path stays the
   reference: tests check equal symbols, equal messages and equal traces on hostile inputs,
   empty tails (borrowing and giving back) and any lane groups.
 * Speed: the special functions (about 14 ndtr/ndtri calls per lane per Bit-Swap step, against
@@ -35,13 +36,16 @@ Design, and why:
 * Validation stays in Python before each phase (cheap whole-array checks; on failure the
   reference's own checks run on the offending group to raise its exact error), so bad model
   outputs are refused with the same messages as on the NumPy path.
-* Devices: this is CPU code. A CUDA build (numba-cuda or Triton kernels with per-lane stacks)
-  is not here: no GPU was available to develop and test it. When the model runs on CUDA its
-  outputs are copied to the host (`latent_model`) and coded here.
+* Devices: the drivers below take a coder, the arrays and kernels they run on: `HostCoder`
+  (NumPy arrays, the threaded CPU kernels here) or `cuda_codecs.CudaCoder` (device arrays, CUDA
+  kernels running the same per-lane functions: `bitswap_lanes`, `craystack.compiled.phases`).
+  `coders.choose_coder` picks one per codec and device; a file records which.
 * Memory: Bit-Swap's fine bin table (2**20 doubles) does not fit in cache; each lane reads its
   entries a few lanes ahead (`_touch`) so that the reads overlap with CDF work instead of
   stalling it. Per group a pop is two parallel passes (coarse bin plus, where no refill is
   needed, the sub-bin's guess; then the sub-bin) with a word scan after each; a push is one.
+* One lane's work is an inline function (`bitswap_lanes`, `phases.*_lane`) that both the CPU and
+  the CUDA kernels loop over, so the two builds cannot drift apart.
 * Threads: a Bit-Swap step starts about three parallel regions per lane group (48 at batch 16).
   numba's workqueue layer costs ~110 us per region whatever the thread count, which cancelled
   the second thread; libgomp costs a few us while its workers still spin from the previous
@@ -312,6 +316,10 @@ class HostCoder:
     def to_host(self, a) -> np.ndarray:
         return a
 
+    def upload(self, a: np.ndarray) -> np.ndarray:
+        """A host array as the kernels take it (here: contiguous, in place when it already is)."""
+        return np.ascontiguousarray(a)
+
     def latent(self, codec, idx, shape):
         return codec._value(idx.reshape(shape))
 
@@ -474,15 +482,18 @@ def _posterior_params(posterior, prior, groups, shape, who="DiagGaussian_Gaussia
     return mean, std, bin_mean, bin_std
 
 
-def bbans_encode(codec, message: cs.Message, x_levels: np.ndarray) -> cs.Message:
-    """BitsBackCodec.encode on the compiled path (shapes already checked)."""
+def bbans_encode(codec, message: cs.Message, x_levels: np.ndarray, coder: HostCoder = HOST) -> cs.Message:
+    """BitsBackCodec.encode on the compiled path (shapes already checked), with `coder`'s kernels.
+    The model's values stay on the host for either coder (the tapes keep them there; a step's
+    parameters are uploaded for the CUDA coder's kernels)."""
     lm, prec = codec.lm, codec.prec
     shape = x_levels.shape
     dims = int(np.prod(shape[1:]))
-    groups = _Groups(shape[0], shape[0], dims)
+    groups = coder.groups(shape[0], shape[0], dims)
     sc = groups.scratch
-    edges = np.ascontiguousarray(cs.std_gaussian_buckets(prec.prior_prec))
-    state = CompiledMessage(message)
+    edges = coder.upload(cs.std_gaussian_buckets(prec.prior_prec))
+    state = coder.state(message)
+    head, _, meta = coder.buffers(state)
     tracking = codec.trace is not None
     x = lm.data_to_model(x_levels)
     pop_bits, push_bits = [], []
@@ -492,17 +503,17 @@ def bbans_encode(codec, message: cs.Message, x_levels: np.ndarray) -> cs.Message
     for t in reversed(range(lm.num_steps)):
         posterior = lm.posterior_top(x) if z_next is None else lm.posterior(x, z_next, t + 1)
         before = state.bits() if tracking else 0.0
-        mean, std, bin_mean, bin_std = _posterior_params(posterior, prior, groups, shape)
-        idx = np.empty(groups.count, dtype=np.int64)
+        params = [coder.upload(a) for a in _posterior_params(posterior, prior, groups, shape)]
+        idx = coder.symbols(groups.count)
         state.reserve(groups.count, 0)
-        status, _ = quantized_pop_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes,
-                                         KIND_GAUSSIAN_BINS, edges, mean, std, bin_mean, bin_std, 1 << prec.prior_prec,
-                                         prec.latent_prec, 1, idx, sc.flags, sc.stat)
+        status, _ = coder.quantized_pop(head, state_buf(coder, state), meta, groups.offsets, groups.lanes,
+                                        KIND_GAUSSIAN_BINS, edges, *params, 1 << prec.prior_prec, prec.latent_prec, 1,
+                                        idx, sc.flags, sc.stat)
         _raise_status(status, "DiagGaussian_GaussianBins")
         state.check("bbans")
         if tracking:
             pop_bits.append(before - state.bits())
-        idx = idx.reshape(shape)
+        idx = coder.to_host(idx).reshape(shape)
         indices.record(idx)
         z_next = lm.latent_to_model(codec._latent_value(prior, idx))
         prior = lm.reverse(z_next, t)
@@ -510,17 +521,17 @@ def bbans_encode(codec, message: cs.Message, x_levels: np.ndarray) -> cs.Message
     mean, std, lo, step, k = HOST.discretized(prior, groups, shape, lm)
     levels = _checks.symbols(x_levels, shape, k, "DiscretizedGaussian").reshape(-1)
     state.reserve(0, groups.count)
-    status, _ = quantized_push_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes,
-                                      KIND_DISCRETIZED, edges, mean, std, lo, step, k, prec.obs_prec,
-                                      np.ascontiguousarray(levels), sc.words, sc.flags, sc.stat)
+    status, _ = coder.quantized_push(head, state_buf(coder, state), meta, groups.offsets, groups.lanes,
+                                     KIND_DISCRETIZED, edges, *[coder.upload(a) for a in (mean, std, lo, step)], k,
+                                     prec.obs_prec, coder.upload(levels), sc.words, sc.flags, sc.stat)
     _raise_status(status, "DiscretizedGaussian")
     if tracking:
         codec.trace.data_bits.append(state.bits() - before)
     for idx in indices.bottom_up():
         before = state.bits() if tracking else 0.0
         state.reserve(0, groups.count)
-        uniform_push_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes, prec.prior_prec,
-                            idx.reshape(-1), sc.words, sc.flags)
+        coder.uniform_push(head, state_buf(coder, state), meta, groups.offsets, groups.lanes, prec.prior_prec,
+                           coder.upload(idx.reshape(-1)), sc.words, sc.flags)
         if tracking:
             push_bits.append(state.bits() - before)
     if tracking:
@@ -529,47 +540,47 @@ def bbans_encode(codec, message: cs.Message, x_levels: np.ndarray) -> cs.Message
     return state.to_message()
 
 
-def bbans_decode(codec, message: cs.Message, batch: int) -> Tuple[cs.Message, np.ndarray]:
-    """BitsBackCodec.decode on the compiled path (batch already checked)."""
+def bbans_decode(codec, message: cs.Message, batch: int, coder: HostCoder = HOST) -> Tuple[cs.Message, np.ndarray]:
+    """BitsBackCodec.decode on the compiled path (batch already checked), with `coder`'s kernels."""
     lm, prec = codec.lm, codec.prec
     shape = (batch,) + tuple(message.head.shape[1:])
     dims = int(np.prod(shape[1:]))
-    groups = _Groups(batch, batch, dims)
+    groups = coder.groups(batch, batch, dims)
     sc = groups.scratch
-    edges = np.ascontiguousarray(cs.std_gaussian_buckets(prec.prior_prec))
-    state = CompiledMessage(message)
+    edges = coder.upload(cs.std_gaussian_buckets(prec.prior_prec))
+    state = coder.state(message)
+    head, _, meta = coder.buffers(state)
     prior, raw = codec._std_prior(shape), None
     tape = PriorTape(codec, shape, lm.num_steps)  # what the posterior pushes need, compact (see bbans_tape)
     for t in reversed(range(lm.num_steps)):
-        idx = np.empty(groups.count, dtype=np.int64)
+        idx = coder.symbols(groups.count)
         state.reserve(groups.count, 0)
-        if uniform_pop_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes, prec.prior_prec, idx,
-                              sc.flags):
+        if coder.uniform_pop(head, state_buf(coder, state), meta, groups.offsets, groups.lanes, prec.prior_prec, idx,
+                             sc.flags):
             _raise_status(-1, "Uniform")
         state.check("bbans")
-        idx = idx.reshape(shape)
+        idx = coder.to_host(idx).reshape(shape)
         tape.record(idx, raw)
         z = lm.latent_to_model(codec._latent_value(prior, idx))
         raw = lm.reverse_raw(z, t)
         prior = lm.gaussian_from_raw(raw, t)
     mean, std, lo, step, k = HOST.discretized(prior, groups, shape, lm)
-    x_levels = np.empty(groups.count, dtype=np.int64)
+    x_levels = coder.symbols(groups.count)
     state.reserve(groups.count, 0)
-    status, _ = quantized_pop_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes,
-                                     KIND_DISCRETIZED, edges, mean, std, lo, step, k, prec.obs_prec, 1, x_levels,
-                                     sc.flags, sc.stat)
+    status, _ = coder.quantized_pop(head, state_buf(coder, state), meta, groups.offsets, groups.lanes,
+                                    KIND_DISCRETIZED, edges, *[coder.upload(a) for a in (mean, std, lo, step)], k,
+                                    prec.obs_prec, 1, x_levels, sc.flags, sc.stat)
     _raise_status(status, "DiscretizedGaussian")
     state.check("bbans")
-    x_levels = x_levels.reshape(shape)
+    x_levels = coder.to_host(x_levels).reshape(shape)
     x = lm.data_to_model(x_levels)
     for t, idx, prior, z_above in tape.bottom_up():
         posterior = lm.posterior_top(x) if z_above is None else lm.posterior(x, z_above, t + 1)
-        mean, std, bin_mean, bin_std = _posterior_params(posterior, prior, groups, shape)
+        params = [coder.upload(a) for a in _posterior_params(posterior, prior, groups, shape)]
         symbols = _checks.symbols(idx, shape, 1 << prec.prior_prec, "DiagGaussian_GaussianBins")
         state.reserve(0, groups.count)
-        status, _ = quantized_push_groups(state.head, state.buf, state.meta, groups.offsets, groups.lanes,
-                                          KIND_GAUSSIAN_BINS, edges, mean, std, bin_mean, bin_std,
-                                          1 << prec.prior_prec, prec.latent_prec, symbols.reshape(-1), sc.words,
-                                          sc.flags, sc.stat)
+        status, _ = coder.quantized_push(head, state_buf(coder, state), meta, groups.offsets, groups.lanes,
+                                         KIND_GAUSSIAN_BINS, edges, *params, 1 << prec.prior_prec, prec.latent_prec,
+                                         coder.upload(symbols.reshape(-1)), sc.words, sc.flags, sc.stat)
         _raise_status(status, "DiagGaussian_GaussianBins")
     return state.to_message(), x_levels

@@ -212,6 +212,9 @@ class CudaCoder(HostCoder):
     def levels(self, x_levels: np.ndarray):
         return cuda.to_device(np.ascontiguousarray(x_levels, dtype=np.int64).reshape(-1))
 
+    def upload(self, a: np.ndarray):
+        return cuda.to_device(np.ascontiguousarray(a))
+
     def to_host(self, a) -> np.ndarray:
         return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
 

@@ -16,6 +16,7 @@ import torch
 import craystack as cs
 from bits_back_diffusion.batch_schedule import BatchSchedule, encode_batch
 from bits_back_diffusion.bitswap import BITSWAP_PRECISIONS, BitSwapCodec
+from bits_back_diffusion.codec import BitsBackCodec
 from bits_back_diffusion.coding import initial_message, message_bits
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from bits_back_diffusion.runtime import set_determinism
@@ -95,3 +96,15 @@ def test_the_cuda_coder_matches_the_host_coder_in_rate(tiny_fixture, coding_devi
         back, restored = _decode_all(codec, message, sizes)
         assert np.array_equal(restored, images) and cs.message_equal(back, start), f"{coder} coder roundtrip"
     assert abs(bits["cuda"] / bits["host"] - 1) < 0.03, bits
+
+
+def test_bbans_roundtrip_on_the_device_is_exact(tiny_fixture, coding_device, cifar_images):
+    flags, model, _, _ = tiny_fixture
+    diffusion = create_gaussian_diffusion(**dict(flags["diffusion"], num_levels=256), timestep_respacing="10")
+    codec = BitsBackCodec(DiffusionLatentModel(model.to(coding_device), diffusion, coding_device),
+                          BitsBackCodec.default_precisions)
+    assert codec.coder == ("cuda" if coding_device.type == "cuda" else "host")
+    images = cifar_images[:4]
+    start = initial_message(codec, images.shape, seed=0)
+    decoded, back = codec.decode(codec.encode(start, images), len(images))
+    assert np.array_equal(back, images) and cs.message_equal(decoded, start)

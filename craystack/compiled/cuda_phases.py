@@ -30,11 +30,18 @@ def report_error(stat, first, off, result):
         result[1] = off + first
 
 
+_NO_ERROR = np.array([0, -1], dtype=np.int64)
+_RESULT = []  # one device buffer for every launch's (status, index): no allocation per phase
+
+
 def launch(kernel, *args):
     """Run `kernel` as one block of THREADS threads; its (status, index) result as two ints."""
-    result = cuda.to_device(np.array([0, -1], dtype=np.int64))
-    kernel[1, THREADS](*args, result)
-    status, where = result.copy_to_host()
+    if not _RESULT:
+        _RESULT.append(cuda.to_device(_NO_ERROR))
+    else:
+        _RESULT[0].copy_to_device(_NO_ERROR)
+    kernel[1, THREADS](*args, _RESULT[0])
+    status, where = _RESULT[0].copy_to_host()
     return int(status), int(where)
 
 

@@ -67,13 +67,13 @@ def _cache_dir(source: str, salt: str = "") -> str:
 
 
 @contextlib.contextmanager
-def _caching_in(fn, salt: str = ""):
-    previous = numba.config.CACHE_DIR
-    numba.config.CACHE_DIR = _cache_dir(str(Path(inspect.getsourcefile(fn)).resolve()), salt)
+def _caching_in(fn, salt: str = "", config=numba.config):
+    previous = config.CACHE_DIR
+    config.CACHE_DIR = _cache_dir(str(Path(inspect.getsourcefile(fn)).resolve()), salt)
     try:
         yield
     finally:
-        numba.config.CACHE_DIR = previous
+        config.CACHE_DIR = previous
 
 
 def compiled(fn=None, **options):
@@ -91,8 +91,13 @@ def cuda_kernel(fn=None, *, salt: str = ""):
     cache does not see them)."""
     from numba import cuda
 
+    try:  # numba-cuda reads its own copy of numba's settings
+        from numba.cuda.core import config
+    except ImportError:  # numba's built-in CUDA target (and its simulator)
+        config = numba.config
+
     def build(f):
-        with _caching_in(f, salt):
+        with _caching_in(f, salt, config):
             return cuda.jit(cache=True)(f)
 
     return build if fn is None else build(fn)

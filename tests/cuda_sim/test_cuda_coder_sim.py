@@ -10,6 +10,7 @@ from test_bitswap import CheatNet, ConvNet, edge_images, process
 
 import craystack as cs
 from bits_back_diffusion.bitswap import BitSwapCodec
+from bits_back_diffusion.codec import BitsBackCodec
 from bits_back_diffusion.coding import Precisions, initial_message
 from bits_back_diffusion.cuda_codecs import CudaCoder
 from bits_back_diffusion.latent_model import DiffusionLatentModel
@@ -115,3 +116,14 @@ def test_device_drivers_round_trip_with_their_own_model_values(monkeypatch):
     decoded, back = device.decode(encoded, 3)
     np.testing.assert_array_equal(back, x)
     assert cs.message_equal(decoded, start)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_bbans_on_the_cuda_kernels_writes_the_cpu_message(batch):
+    """BB-ANS keeps the model's values on the host and runs its phases on the CUDA kernels."""
+    lm = DiffusionLatentModel(ConvNet(seed=batch), process(40, "3"), torch.device("cpu"))
+    prec = BitsBackCodec.default_precisions
+    host = BitsBackCodec(lm, prec, track=True, coder="host")
+    device = BitsBackCodec(lm, prec, track=True, coder="cuda")
+    x = edge_images((3, 4, 4))[:batch] if batch == 3 else np.random.default_rng(1).integers(0, 256, (1, 3, 4, 4))
+    _same_run(host, device, x, batch)
