@@ -17,3 +17,20 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 from numba.cuda.simulator import kernel as _sim_kernel  # noqa: E402
 
 _sim_kernel.FakeWithinKernelCUDAArray = lambda fake: fake._ary
+
+
+@pytest.fixture(autouse=True)
+def host_model_values(monkeypatch):
+    """The CUDA coder's drivers take Bit-Swap's model mean and std from torch on the model's device;
+    here, on the CPU, they come from the host coder's NumPy code instead, so that both coders see
+    identical parameters and must write identical messages (a test that wants torch's own values
+    calls monkeypatch.undo())."""
+    import torch
+
+    from bits_back_diffusion.cuda_codecs import CudaCoder
+
+    def reverse(self, lm, z, t):
+        mean, std = lm.reverse(lm.latent_to_model(z.numpy()), t)
+        return torch.from_numpy(mean), torch.from_numpy(std)
+
+    monkeypatch.setattr(CudaCoder, "reverse", reverse)
