@@ -193,7 +193,9 @@ def main() -> None:
     if args.json:
         settings = {"threading_layer": layer, "device": str(device), "model": args.model, "batch": args.batch,
                     "respacing": args.respacing,
-                    "steps": steps, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+                    "steps": steps, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                    "cuda_threads": os.environ.get("BBD_CUDA_THREADS", "256"),
+                    "cuda_blocks": os.environ.get("BBD_CUDA_BLOCKS", "1")}
         Path(args.json).write_text(json.dumps({"settings": settings, "seconds_per_step": results}, indent=1))
 
 

@@ -24,7 +24,7 @@ from numba import types  # noqa: E402
 _ARRAYS = {
     types.uint64: ("head", "words", "words2"),
     types.uint32: ("buf",),
-    types.int64: ("meta", "offsets", "lanes", "symbols", "out", "coarse", "guess", "stat", "result"),
+    types.int64: ("meta", "offsets", "lanes", "symbols", "out", "coarse", "guess", "stat", "sums", "result"),
     types.float64: ("mu", "sd", "a", "b", "edges", "edges_c", "edges_f", "bounds", "seen", "s_ref", "s_mass"),
     types.boolean: ("flags", "flags2", "s_upper", "s_flat"),
 }

@@ -1,27 +1,32 @@
-"""The Bit-Swap coder on a CUDA device: the compiled path's drivers (`compiled_codecs.bitswap_encode`
-/ `bitswap_decode`) with device arrays and CUDA kernels, so a step's model outputs, latents and
-lane states never leave the GPU (only the phase counters, 64 bytes, come back between phases).
+"""The CUDA coder: the compiled path's drivers (`compiled_codecs`) with device arrays and CUDA
+kernels. For Bit-Swap a step's model outputs, latents and lane states never leave the GPU (only
+the phase counters, 64 bytes, and a 16-byte status come back per phase); BB-ANS keeps its model
+values on the host as before (its tapes live there) and uploads each phase's parameters.
 
 Design, and why:
 
-* Same kernels' logic as the CPU: every pass calls the per-lane functions of `bitswap_lanes` and
+* Same per-lane logic as the CPU: every pass calls the per-lane functions of `bitswap_lanes` and
   `craystack.compiled.phases`, compiled by numba-cuda for the GPU; the ordered word moves are the
   block scans of `craystack.compiled.cuda_message`. A phase is one launch of one thread block
   that walks the lane groups in order (the groups share the head's lanes, so they cannot run
-  side by side); a step is 3 launches (q pop, p push or the likelihood, and the top prior at the
-  end) whatever the batch.
+  side by side); a Bit-Swap step is 2 launches (q pop, then p push or the likelihood), plus the
+  top prior once per batch, whatever the batch size.
 * Same message format: the shared tail with words in lane order, so everything that reads
   messages (checkpoints, `.bbd` files, rates) is unchanged.
 * Determinism: integer ANS arithmetic is exact anywhere. The CDFs use CUDA's libdevice
-  normcdf/normcdfinv (`craystack.compiled.cuda_special`), and the model's mean and standard
-  deviation come from torch on the device, so the encoder and decoder compute identical values on
-  the same GPU model and software; they are not scipy's, so a file records that this coder wrote
-  it (`DeviceInfo.coder`) and the decoder refuses to decode it anywhere else.
-* Tables (Bit-Swap's bin edges, centres) are copied to the device once per codec.
+  normcdf/normcdfinv (`craystack.compiled.cuda_special`), and Bit-Swap's model mean and standard
+  deviation come from torch on the device (`latent_model.reverse_on_device`), so encoder and
+  decoder compute identical values on the same GPU model and software. They are not scipy's
+  values, so a file records that this coder wrote it (`DeviceInfo.coder`) and a decoder refuses
+  to undo it with anything else (`decode_device.check_coder`).
+* Tables (Bit-Swap's bin edges and centres) are copied to the device once per codec; numba's
+  kernels run on the model's GPU (`cuda.select_device`), on the default stream torch also uses.
+* Compilation: numba-cuda compiles the kernels on first use and caches them on disk
+  (`kernels.cuda_kernel`, per source version and threads per block).
 
-Tested without a GPU in numba's CUDA simulator (kernels run as Python threads, special functions
-are scipy's): equal symbols and messages to the CPU kernels on the same inputs. The `gpu` tests and
-`bench/device_check.sh` run it on a real device.
+Without a GPU: tests/cuda_sim runs these kernels in numba's CUDA simulator (with scipy's CDFs:
+the same messages as the host coder), and `bench/cuda_ptx_check.py` compiles them to PTX with
+numba-cuda and NVVM. The `gpu` tests and `bench/device_check.sh` run them on a device.
 """
 from __future__ import annotations
 
@@ -30,8 +35,8 @@ import torch
 from numba import cuda
 
 from craystack.compiled import cuda_phases
-from craystack.compiled.cuda_message import (THREADS, DeviceMessage, block_first_error, block_pop_flagged,
-                                             block_push_flagged, to_device_array)
+from craystack.compiled.cuda_message import (COMPILE_KEY, THREADS, DeviceMessage, block_first_error, block_pop_flagged,
+                                             block_push_flagged, sync_all, to_device_array)
 from craystack.compiled.cuda_phases import launch, report_error
 from craystack.compiled.kernels import cuda_kernel
 
@@ -42,107 +47,107 @@ from .compiled_codecs import HostCoder, _BitSwapTables, _check_gaussian, _Groups
 __all__ = ["CudaCoder"]
 
 
-@cuda_kernel(salt=f"threads={THREADS}")
+@cuda_kernel(salt=COMPILE_KEY)
 def _q_pop_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
-                  salt_f, out, flags, coarse, guess, seen, s_ref, s_mass, s_upper, s_flat, result):
+                  salt_f, out, flags, coarse, guess, seen, s_ref, s_mass, s_upper, s_flat, sums, result):
     shared = cuda.shared.array(THREADS, np.int64)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
-        for lane in range(cuda.threadIdx.x, count, THREADS):
+        for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
             q_pop_coarse_lane(lane, off + lane, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
                               salt_f, flags, coarse, guess, s_ref, s_mass, s_upper, s_flat)
-        cuda.syncthreads()
-        if block_pop_flagged(head, flags, count, buf, meta, shared):
-            if cuda.threadIdx.x == 0:
+        sync_all()
+        if block_pop_flagged(head, flags, count, buf, meta, shared, sums):
+            if cuda.grid(1) == 0:
                 result[0] = -1
             return
-        for lane in range(cuda.threadIdx.x, count, THREADS):
+        for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
             if fine_bits == 0:
                 out[off + lane] = coarse[lane]
             else:
                 q_pop_fine_lane(lane, off + lane, count, head, mu, sd, edges_f, prec, fine_bits, keyed, salt_f, out,
                                 flags, coarse, guess, seen, s_ref, s_mass, s_upper, s_flat)
-        cuda.syncthreads()
-        if fine_bits and block_pop_flagged(head, flags, count, buf, meta, shared):
-            if cuda.threadIdx.x == 0:
+        sync_all()
+        if fine_bits and block_pop_flagged(head, flags, count, buf, meta, shared, sums):
+            if cuda.grid(1) == 0:
                 result[0] = -1
             return
 
 
-@cuda_kernel(salt=f"threads={THREADS}")
+@cuda_kernel(salt=COMPILE_KEY)
 def _q_push_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
-                   salt_f, symbols, words, flags, words2, flags2, stat, seen, result):
+                   salt_f, symbols, words, flags, words2, flags2, stat, seen, sums, result):
     shared = cuda.shared.array(THREADS, np.int64)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
-        for lane in range(cuda.threadIdx.x, count, THREADS):
+        for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
             q_push_lane(lane, off + lane, count, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
                         salt_f, symbols, words, flags, words2, flags2, stat, seen)
-        cuda.syncthreads()
-        first = block_first_error(stat, count, 0, shared)
+        sync_all()
+        first = block_first_error(stat, count, 0, shared, sums)
         if first < count:
             report_error(stat, first, off, result)
             return
-        block_push_flagged(words, flags, count, buf, meta, shared)
-        block_push_flagged(words2, flags2, count, buf, meta, shared)
+        block_push_flagged(words, flags, count, buf, meta, shared, sums)
+        block_push_flagged(words2, flags2, count, buf, meta, shared, sums)
 
 
-@cuda_kernel(salt=f"threads={THREADS}")
+@cuda_kernel(salt=COMPILE_KEY)
 def _p_push_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, symbols, words,
-                   flags, words2, flags2, stat, seen, result):
+                   flags, words2, flags2, stat, seen, sums, result):
     shared = cuda.shared.array(THREADS, np.int64)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
-        for lane in range(cuda.threadIdx.x, count, THREADS):
+        for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
             p_push_lane(lane, off + lane, count, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, symbols,
                         words, flags, words2, flags2, stat, seen)
-        cuda.syncthreads()
-        first = block_first_error(stat, count, 8, shared)  # a sub-bin error first, as the reference
+        sync_all()
+        first = block_first_error(stat, count, 8, shared, sums)  # a sub-bin error first, as the reference
         if first == count:
-            first = block_first_error(stat, count, 0, shared)
+            first = block_first_error(stat, count, 0, shared, sums)
         if first < count:
             report_error(stat, first, off, result)
             return
-        block_push_flagged(words, flags, count, buf, meta, shared)
-        block_push_flagged(words2, flags2, count, buf, meta, shared)
+        block_push_flagged(words, flags, count, buf, meta, shared, sums)
+        block_push_flagged(words2, flags2, count, buf, meta, shared, sums)
 
 
-@cuda_kernel(salt=f"threads={THREADS}")
+@cuda_kernel(salt=COMPILE_KEY)
 def _p_pop_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, out, flags,
-                  coarse, stat, guess, seen, s_ref, s_mass, s_upper, s_flat, result):
+                  coarse, stat, guess, seen, s_ref, s_mass, s_upper, s_flat, sums, result):
     shared = cuda.shared.array(THREADS, np.int64)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
-        for lane in range(cuda.threadIdx.x, count, THREADS):
+        for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
             p_pop_coarse_lane(lane, off + lane, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, flags, coarse,
                               stat, guess, s_ref, s_mass, s_upper, s_flat)
-        cuda.syncthreads()
-        first = block_first_error(stat, count, 0, shared)
+        sync_all()
+        first = block_first_error(stat, count, 0, shared, sums)
         if first < count:
             report_error(stat, first, off, result)
             return
-        if block_pop_flagged(head, flags, count, buf, meta, shared):
-            if cuda.threadIdx.x == 0:
+        if block_pop_flagged(head, flags, count, buf, meta, shared, sums):
+            if cuda.grid(1) == 0:
                 result[0] = -1
             return
-        for lane in range(cuda.threadIdx.x, count, THREADS):
+        for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
             if fine_bits == 0:
                 out[off + lane] = coarse[lane]
             else:
                 p_pop_fine_lane(lane, off + lane, count, head, mu, sd, edges_f, prec, fine_bits, out, flags, coarse,
                                 stat, guess, seen, s_ref, s_mass, s_upper, s_flat)
-        cuda.syncthreads()
+        sync_all()
         if fine_bits:
-            first = block_first_error(stat, count, 0, shared)
+            first = block_first_error(stat, count, 0, shared, sums)
             if first < count:
                 report_error(stat, first, off, result)
                 return
-            if block_pop_flagged(head, flags, count, buf, meta, shared):
-                if cuda.threadIdx.x == 0:
+            if block_pop_flagged(head, flags, count, buf, meta, shared, sums):
+                if cuda.grid(1) == 0:
                     result[0] = -1
                 return
 
@@ -161,6 +166,8 @@ class CudaCoder(HostCoder):
     def __init__(self, device: torch.device):
         self.device = torch.device(device)
         self._tables = {}
+        if self.device.type == "cuda":  # numba's kernels and arrays on the model's GPU, not GPU 0
+            cuda.select_device(self.device.index if self.device.index is not None else torch.cuda.current_device())
 
     @staticmethod
     def q_pop(*args) -> int:

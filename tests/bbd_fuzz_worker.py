@@ -2,7 +2,7 @@
 
     python tests/bbd_fuzz_worker.py <work dir> <examples per strategy>
 
-Starts from a real small file (the version-2 fixture's 3 digits, rewritten as version 3), forges
+Starts from a real small file (the version-2 fixture's 3 digits, rewritten in the current version), forges
 header fields and flips bytes, always with both CRCs recomputed (anyone can do that, so the CRC is
 no guard), and decodes each result with the digits demo checkpoint. Every crafted file must be
 refused with a .bbd error (BBDFormatError or the decoder's DecodeError), or decode to exactly the
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from bits_back_diffusion.bbd_wire import header_to_bytes  # noqa: E402
 from bits_back_diffusion import decoder  # noqa: E402
-from bits_back_diffusion.container import BBDFormatError, DeviceInfo, read_bbd, write_bbd  # noqa: E402
+from bits_back_diffusion.container import FORMAT_VERSION, BBDFormatError, DeviceInfo, read_bbd, write_bbd  # noqa: E402
 
 FIXTURE = REPO / "tests" / "fixtures" / "digits3_v2.bbd"
 MODEL = REPO / "outputs" / "pretrained" / "digits"
@@ -66,8 +66,8 @@ def forge_header(base, changes: Dict[str, Any]):
 
 
 def framed(meta: bytes, payload: bytes) -> bytes:
-    """A version-3 file around these header and payload bytes, with correct lengths and CRCs."""
-    return b"".join((struct.pack("<8sHHI", b"\x89BBD\r\n\x1a\n", 3, 0, len(meta)), meta,
+    """A file of the current version around these header and payload bytes, with correct lengths and CRCs."""
+    return b"".join((struct.pack("<8sHHI", b"\x89BBD\r\n\x1a\n", FORMAT_VERSION, 0, len(meta)), meta,
                      struct.pack("<IQI", zlib.crc32(meta), len(payload) // 4, zlib.crc32(payload)), payload))
 
 

@@ -1,20 +1,25 @@
-"""A message whose head and tail top live on a CUDA device, and the block-wide scans that move
+"""A message whose head and tail top live on a CUDA device, and the launch-wide scans that move
 renormalisation words between its lanes and its tail.
 
-Why one thread block per phase and scans instead of per-lane word stacks: the file format is the
-shared tail of craystack.rans, words in lane order, which the CPU path and every earlier file
-use. A pass over a lane group leaves one flag per lane (overflowed, or needs a word); the order
-of the moved words is then an exclusive prefix sum of those flags, which a block computes in
-log2(threads) steps of shared memory, after which every thread moves its own lanes' words with
-no further ordering. The group-to-group dependency (each group codes on the same head lanes) is
-the block's loop, with a barrier between passes, so a whole phase is one kernel launch whatever
-the number of groups. The rare give-back of borrowed generator words (a push onto an empty tail
-whose words equal the most recently borrowed ones) is one thread's sequential check, exactly as
-on the CPU (`message.push_flagged`).
+Why scans instead of per-lane word stacks: the file format is the shared tail of craystack.rans,
+words in lane order, which the CPU path and every earlier file use. A pass over a lane group
+leaves one flag per lane (overflowed, or needs a word); the order of the moved words is then an
+exclusive prefix sum of those flags, which a block computes in log2(threads) steps of shared
+memory, after which every thread moves its own lanes' words with no further ordering. The
+group-to-group dependency (each group codes on the same head lanes) is the kernel's loop, with a
+barrier between passes, so a whole phase is one kernel launch whatever the number of groups. The
+rare give-back of borrowed generator words (a push onto an empty tail whose words equal the most
+recently borrowed ones) is one thread's sequential check, exactly as on the CPU
+(`message.push_flagged`).
 
-Threads: `THREADS` per block (BBD_CUDA_THREADS, a power of two; 256 by default, which any CUDA
-GPU can launch whatever the kernels' register use). Each thread takes a contiguous run of lanes
-in the scans (lane order) and lanes tid, tid + THREADS, ... in the passes (coalesced reads).
+Launch shape: `THREADS` per block (BBD_CUDA_THREADS, a power of two; 256 by default, which any
+CUDA GPU can launch whatever the kernels' register use) and `BLOCKS` blocks (BBD_CUDA_BLOCKS; 1 by
+default). One block keeps every barrier a __syncthreads; more blocks spread a group's lanes over
+more multiprocessors, at the price of a grid-wide barrier (cooperative launch) around each scan,
+and their block totals meet in a small global array (`sums`). Which is faster depends on the GPU
+and the lanes per group: `bench/codec_speed.py` on a GPU tells. Each thread takes a contiguous
+run of lanes in the scans (lane order) and lanes cuda.grid(1), + gridsize, ... in the passes
+(coalesced reads). The simulator tests run one block (it supports no more in a cooperative grid).
 """
 from __future__ import annotations
 
@@ -27,8 +32,8 @@ from .. import rans
 from .message import (BASE, BORROWED, ERROR, ERROR_PREFETCH, LOW, NEW_WARNING, TOP, WARNED, CompiledMessage,
                       generator_word)
 
-__all__ = ["THREADS", "DeviceMessage", "block_push_flagged", "block_pop_flagged", "block_first_error",
-           "to_device_array"]
+__all__ = ["THREADS", "BLOCKS", "GRID", "COMPILE_KEY", "DeviceMessage", "block_push_flagged", "block_pop_flagged", "block_first_error",
+           "sync_all", "to_device_array"]
 
 
 def _threads() -> int:
@@ -42,9 +47,41 @@ THREADS = _threads()
 _U32 = np.uint64(32)
 
 
+def blocks_setting() -> str:
+    """BBD_CUDA_BLOCKS: thread blocks per phase, an integer or "sm" (one per multiprocessor)."""
+    value = os.environ.get("BBD_CUDA_BLOCKS", "1")
+    if value != "sm" and not (value.isdigit() and int(value) >= 1):
+        raise ValueError(f"BBD_CUDA_BLOCKS={value!r}: use a positive integer or sm (default 1)")
+    return value
+
+
+BLOCKS = blocks_setting()
+GRID = BLOCKS != "1"  # several blocks: the kernels use grid-wide barriers (and a cooperative launch)
+COMPILE_KEY = f"threads={THREADS}" + (",grid" if GRID else "")  # what the compiled kernels depend on
+
+if GRID:
+    @cuda.jit(device=True)
+    def _grid_sync():
+        cuda.cg.this_grid().sync()
+else:  # one block: no cooperative groups in the kernels at all (nor cudadevrt to link)
+    @cuda.jit(device=True)
+    def _grid_sync():
+        cuda.syncthreads()
+
+
 @cuda.jit(device=True)
-def _exclusive_scan(value, shared):
-    """(sum of `value` over the threads before this one, sum over the block)."""
+def sync_all():
+    """A barrier over the launch: the block's own when it is alone (the default), else the grid's
+    (a cooperative launch, every block resident)."""
+    if cuda.gridDim.x == 1:
+        cuda.syncthreads()
+    else:
+        _grid_sync()
+
+
+@cuda.jit(device=True)
+def _block_scan(value, shared):
+    """(sum of `value` over the block's threads before this one, sum over the block)."""
     tid = cuda.threadIdx.x
     shared[tid] = value
     cuda.syncthreads()
@@ -62,31 +99,54 @@ def _exclusive_scan(value, shared):
 
 
 @cuda.jit(device=True)
+def _exclusive_scan(value, shared, sums):
+    """(sum of `value` over the launch's threads before this one, sum over the launch); threads in
+    the order of cuda.grid(1). With several blocks, `sums` carries each block's total."""
+    before, total = _block_scan(value, shared)
+    blocks = cuda.gridDim.x
+    if blocks == 1:
+        return before, total
+    block = cuda.blockIdx.x
+    if cuda.threadIdx.x == 0:
+        sums[block] = total
+    _grid_sync()
+    offset = 0
+    total = 0
+    for b in range(blocks):
+        if b < block:
+            offset += sums[b]
+        total += sums[b]
+    _grid_sync()  # every block has read `sums` before the next scan writes it
+    return offset + before, total
+
+
+@cuda.jit(device=True)
 def _run(count):
     """This thread's contiguous run of lanes [lo, hi) for the ordered scans."""
-    chunk = (count + THREADS - 1) // THREADS
-    lo = min(cuda.threadIdx.x * chunk, count)
+    threads = cuda.gridsize(1)
+    chunk = (count + threads - 1) // threads
+    lo = min(cuda.grid(1) * chunk, count)
     return lo, min(lo + chunk, count)
 
 
 @cuda.jit(device=True)
-def block_push_flagged(words, flags, count, buf, meta, shared):
-    """`message.push_flagged` by the whole block: the flagged lanes' words onto the tail in lane
+def block_push_flagged(words, flags, count, buf, meta, shared, sums):
+    """`message.push_flagged` by the whole launch: the flagged lanes' words onto the tail in lane
     order (every thread calls it)."""
     lo, hi = _run(count)
     mine = 0
     for lane in range(lo, hi):
         if flags[lane]:
             mine += 1
-    before, total = _exclusive_scan(mine, shared)
+    before, total = _exclusive_scan(mine, shared, sums)
     top = meta[TOP]
     at = top + before
     for lane in range(lo, hi):
         if flags[lane]:
             buf[at] = np.uint32(words[lane] & np.uint64(0xFFFFFFFF))
             at += 1
-    cuda.syncthreads()
-    if cuda.threadIdx.x == 0 and total > 0:
+    sync_all()
+    if cuda.grid(1) == 0 and total > 0:
         skip = 0
         borrowed = meta[BORROWED]
         if meta[BASE] + top == 0 and borrowed > 0:
@@ -98,29 +158,29 @@ def block_push_flagged(words, flags, count, buf, meta, shared):
                     buf[i] = buf[i + skip]
                 meta[BORROWED] = borrowed - skip
         meta[TOP] = top + total - skip
-    cuda.syncthreads()
+    sync_all()
 
 
 @cuda.jit(device=True)
-def block_pop_flagged(head, flags, count, buf, meta, shared):
-    """`message.pop_flagged` by the whole block: each flagged lane, in lane order, gets the next
+def block_pop_flagged(head, flags, count, buf, meta, shared, sums):
+    """`message.pop_flagged` by the whole launch: each flagged lane, in lane order, gets the next
     popped word; returns the same error code (0: none) in every thread."""
     lo, hi = _run(count)
     mine = 0
     for lane in range(lo, hi):
         if flags[lane]:
             mine += 1
-    before, n = _exclusive_scan(mine, shared)
+    before, n = _exclusive_scan(mine, shared, sums)
     if n == 0:
         return 0
     top = meta[TOP]
     base = meta[BASE]
     borrowed = meta[BORROWED]
     if n > top and base > 0:
-        cuda.syncthreads()
-        if cuda.threadIdx.x == 0:
+        sync_all()
+        if cuda.grid(1) == 0:
             meta[ERROR] = ERROR_PREFETCH
-        cuda.syncthreads()
+        sync_all()
         return ERROR_PREFETCH
     i = before
     for lane in range(lo, hi):
@@ -132,8 +192,8 @@ def block_pop_flagged(head, flags, count, buf, meta, shared):
                 word = generator_word(np.uint64(borrowed - p - 1))
             head[lane] = (head[lane] << _U32) | word
             i += 1
-    cuda.syncthreads()
-    if cuda.threadIdx.x == 0:
+    sync_all()
+    if cuda.grid(1) == 0:
         if n > top:
             meta[BORROWED] = borrowed + (n - top)
             top = 0
@@ -144,21 +204,21 @@ def block_pop_flagged(head, flags, count, buf, meta, shared):
             top -= n
         meta[TOP] = top
         meta[LOW] = min(meta[LOW], base + top)
-    cuda.syncthreads()
+    sync_all()
     return 0
 
 
 @cuda.jit(device=True)
-def block_first_error(stat, count, above, shared):
+def block_first_error(stat, count, above, shared, sums):
     """The first lane < count whose stat exceeds `above` (count if none), the same in every
-    thread: `phases.first_status` without a sequential scan in the common case of no error."""
+    thread: `phases.first_status` without a sequential scan."""
     mine = count
-    for lane in range(cuda.threadIdx.x, count, THREADS):
+    for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
         if stat[lane] > above:
             mine = lane
             break
-    if not cuda.syncthreads_or(1 if mine < count else 0):
-        return count
+    if cuda.gridDim.x == 1 and not cuda.syncthreads_or(1 if mine < count else 0):
+        return count  # the common case, one barrier
     tid = cuda.threadIdx.x
     shared[tid] = mine
     cuda.syncthreads()
@@ -170,6 +230,15 @@ def block_first_error(stat, count, above, shared):
         step //= 2
     first = shared[0]
     cuda.syncthreads()
+    blocks = cuda.gridDim.x
+    if blocks == 1:
+        return first
+    if tid == 0:
+        sums[cuda.blockIdx.x] = first
+    _grid_sync()
+    for b in range(blocks):
+        first = min(first, sums[b])
+    _grid_sync()
     return first
 
 
@@ -218,10 +287,6 @@ class DeviceMessage(CompiledMessage):
         super().check(who)
         if warned:  # the host copy cleared the flag; so must the device
             self.d_meta.copy_to_device(self.meta)
-
-    @property
-    def length(self) -> int:
-        return int(self.meta[BASE] + self.meta[TOP])
 
     def bits(self) -> float:
         self._fetch_meta()

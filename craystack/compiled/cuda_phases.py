@@ -1,6 +1,7 @@
 """The one-level phases of `phases` (craystack's quantized codec and Uniform over lane groups) as
-CUDA kernels: one launch of one thread block per phase, the same per-lane functions
-(`phases.*_lane`), the block scans of `cuda_message` in place of the sequential ones.
+CUDA kernels: one launch per phase (one thread block unless BBD_CUDA_BLOCKS asks for more), the
+same per-lane functions (`phases.*_lane`), the scans of `cuda_message` in place of the sequential
+ones.
 
 Each launcher takes the arguments of its CPU twin in `phases` (device arrays for the arrays) and
 returns what it returns, so a driver can hold either set. Results, words and their order equal
@@ -14,7 +15,7 @@ import numpy as np
 from numba import cuda
 
 from . import cuda_special  # noqa: F401  (the GPU special functions)
-from .cuda_message import THREADS, block_first_error, block_pop_flagged, block_push_flagged
+from .cuda_message import BLOCKS, COMPILE_KEY, GRID, THREADS, block_first_error, block_pop_flagged, block_push_flagged, sync_all
 from .kernels import cuda_kernel
 from .phases import EPS, quantized_pop_lane, quantized_push_lane, uniform_pop_lane, uniform_push_lane
 
@@ -24,30 +25,42 @@ __all__ = ["quantized_push_groups", "quantized_pop_groups", "uniform_push_groups
 
 @cuda.jit(device=True)
 def report_error(stat, first, off, result):
-    """Thread 0 records (status, parameter index) of the failed lane `first` of the group at `off`."""
-    if cuda.threadIdx.x == 0:
+    """The launch's first thread records (status, parameter index) of the failed lane `first` of
+    the group at `off`."""
+    if cuda.grid(1) == 0:
         result[0] = stat[first]
         result[1] = off + first
 
 
 _NO_ERROR = np.array([0, -1], dtype=np.int64)
-_RESULT = []  # one device buffer for every launch's (status, index): no allocation per phase
+_BUFFERS = {}  # device buffers every launch reuses: (status, index), and the blocks' partial sums
+
+
+def launch_blocks() -> int:
+    """Thread blocks per launch (cuda_message.BLOCKS), at most one per multiprocessor, so that a
+    cooperative launch always has every block resident."""
+    if "blocks" not in _BUFFERS:
+        multiprocessors = int(getattr(cuda.get_current_device(), "MULTIPROCESSOR_COUNT", 1)) if GRID else 1
+        _BUFFERS["blocks"] = max(1, min(multiprocessors, multiprocessors if BLOCKS == "sm" else int(BLOCKS)))
+    return _BUFFERS["blocks"]
 
 
 def launch(kernel, *args):
-    """Run `kernel` as one block of THREADS threads; its (status, index) result as two ints."""
-    if not _RESULT:
-        _RESULT.append(cuda.to_device(_NO_ERROR))
+    """Run `kernel` on `launch_blocks()` blocks of THREADS threads; its (status, index) as two ints."""
+    blocks = launch_blocks()
+    if "result" not in _BUFFERS:
+        _BUFFERS["result"] = cuda.to_device(_NO_ERROR)
+        _BUFFERS["sums"] = cuda.to_device(np.zeros(blocks, dtype=np.int64))
     else:
-        _RESULT[0].copy_to_device(_NO_ERROR)
-    kernel[1, THREADS](*args, _RESULT[0])
-    status, where = _RESULT[0].copy_to_host()
+        _BUFFERS["result"].copy_to_device(_NO_ERROR)
+    kernel[blocks, THREADS](*args, _BUFFERS["sums"], _BUFFERS["result"])
+    status, where = _BUFFERS["result"].copy_to_host()
     return int(status), int(where)
 
 
-@cuda_kernel(salt=f"threads={THREADS}")
+@cuda_kernel(salt=COMPILE_KEY)
 def _quantized_push(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, n, prec, symbols, words, flags,
-                    stat, result):
+                    stat, sums, result):
     shared = cuda.shared.array(THREADS, np.int64)
     total = np.uint64(1) << np.uint64(prec)
     k = float((1 << prec) - n)
@@ -55,19 +68,19 @@ def _quantized_push(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, 
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
-        for lane in range(cuda.threadIdx.x, count, THREADS):
+        for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
             quantized_push_lane(lane, off + lane, head, kind, edges, mu, sd, a, b, n, prec, k, total, denom, symbols,
                                 words, flags, stat)
-        cuda.syncthreads()
-        first = block_first_error(stat, count, 0, shared)
+        sync_all()
+        first = block_first_error(stat, count, 0, shared, sums)
         if first < count:
             report_error(stat, first, off, result)
             return
-        block_push_flagged(words, flags, count, buf, meta, shared)
+        block_push_flagged(words, flags, count, buf, meta, shared, sums)
 
 
-@cuda_kernel(salt=f"threads={THREADS}")
-def _quantized_pop(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, n, prec, rounds, out, flags, stat,
+@cuda_kernel(salt=COMPILE_KEY)
+def _quantized_pop(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, n, prec, rounds, out, flags, stat, sums,
                    result):
     shared = cuda.shared.array(THREADS, np.int64)
     total = np.uint64(1) << np.uint64(prec)
@@ -78,43 +91,43 @@ def _quantized_pop(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, n
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
-        for lane in range(cuda.threadIdx.x, count, THREADS):
+        for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
             quantized_pop_lane(lane, off + lane, head, kind, edges, mu, sd, a, b, n, prec, k, total, denom, ratio,
                                inv_k, rounds, out, flags, stat)
-        cuda.syncthreads()
-        first = block_first_error(stat, count, 0, shared)
+        sync_all()
+        first = block_first_error(stat, count, 0, shared, sums)
         if first < count:
             report_error(stat, first, off, result)
             return
-        if block_pop_flagged(head, flags, count, buf, meta, shared):
-            if cuda.threadIdx.x == 0:
+        if block_pop_flagged(head, flags, count, buf, meta, shared, sums):
+            if cuda.grid(1) == 0:
                 result[0] = -1
             return
 
 
-@cuda_kernel(salt=f"threads={THREADS}")
-def _uniform_push(head, buf, meta, offsets, lanes, prec, symbols, words, flags, result):
+@cuda_kernel(salt=COMPILE_KEY)
+def _uniform_push(head, buf, meta, offsets, lanes, prec, symbols, words, flags, sums, result):
     shared = cuda.shared.array(THREADS, np.int64)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
-        for lane in range(cuda.threadIdx.x, count, THREADS):
+        for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
             uniform_push_lane(lane, off + lane, head, prec, symbols, words, flags)
-        cuda.syncthreads()
-        block_push_flagged(words, flags, count, buf, meta, shared)
+        sync_all()
+        block_push_flagged(words, flags, count, buf, meta, shared, sums)
 
 
-@cuda_kernel(salt=f"threads={THREADS}")
-def _uniform_pop(head, buf, meta, offsets, lanes, prec, out, flags, result):
+@cuda_kernel(salt=COMPILE_KEY)
+def _uniform_pop(head, buf, meta, offsets, lanes, prec, out, flags, sums, result):
     shared = cuda.shared.array(THREADS, np.int64)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
-        for lane in range(cuda.threadIdx.x, count, THREADS):
+        for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
             uniform_pop_lane(lane, off + lane, head, prec, out, flags)
-        cuda.syncthreads()
-        if block_pop_flagged(head, flags, count, buf, meta, shared):
-            if cuda.threadIdx.x == 0:
+        sync_all()
+        if block_pop_flagged(head, flags, count, buf, meta, shared, sums):
+            if cuda.grid(1) == 0:
                 result[0] = -1
             return
 
