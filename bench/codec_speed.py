@@ -62,8 +62,14 @@ class RecordingModel(DiffusionLatentModel):
     def reverse_raw(self, z, t):  # the network call under reverse (and under BB-ANS decode's tape)
         return self._timed("reverse", super().reverse_raw, z, t)
 
-    def reverse_on_device(self, z, t):  # the CUDA coder's network call
-        return self._timed("reverse", super().reverse_on_device, z, t)
+    def reverse_raw_on_device(self, z, t):  # the CUDA coder's network call
+        return self._timed("reverse", super().reverse_raw_on_device, z, t)
+
+    def posterior_top_on_device(self, x):
+        return self._timed("posterior_top", super().posterior_top_on_device, x)
+
+    def posterior_on_device(self, x, z_next, t_next):
+        return self._timed("posterior", super().posterior_on_device, x, z_next, t_next)
 
     def posterior_top(self, x):
         return self._timed("posterior_top", super().posterior_top, x)

@@ -85,15 +85,18 @@ class IndexTape:
 class PriorTape:
     """Per-step bin indices and raw priors of one decoded batch, read back bottom-up.
 
-    `codec` is a `codec.BitsBackCodec`: its latent model recomputes the priors, and its
-    `_latent_value` and `_std_prior` are the very functions the prior pass used. Each field is
+    `codec` is a `codec.BitsBackCodec`: its latent model recomputes the priors, with the very
+    functions of `coder` (compiled_codecs.HostCoder by default) that the prior pass used. Each field is
     one array for all steps, made up front (its pages are touched as steps arrive). With one small
     array per step instead, kept among the short-lived ones of the model and the coder, a vlb1000
     decode peaked at 14 GB once (numpy backend; 6 GB once on numba) where it otherwise took
     1.5 GB, most likely the C heap fragmenting; the arrays made up front never did."""
 
-    def __init__(self, codec: "BitsBackCodec", shape: Tuple[int, ...], steps: int):
+    def __init__(self, codec: "BitsBackCodec", shape: Tuple[int, ...], steps: int, coder=None):
         self._codec = codec
+        if coder is None:
+            from .compiled_codecs import HOST as coder
+        self._coder = coder  # compiled_codecs.HostCoder or cuda_codecs.CudaCoder: where priors are rebuilt
         self._shape = tuple(shape)
         self._steps = int(steps)
         self._indices: Optional[IndexTape] = IndexTape(codec.prec.prior_prec, self._shape, self._steps)
@@ -125,9 +128,9 @@ class PriorTape:
 
     def _prior(self, k: int) -> Gaussian:
         if k == 0:
-            return self._codec._std_prior(self._shape)
+            return self._coder.std_prior(self._codec, self._shape)
         raw = (self._raw[k - 1, 0], self._raw[k - 1, 1])
-        return self._codec.lm.gaussian_from_raw(raw, self._codec.lm.num_steps - k)
+        return self._coder.prior_from_raw(self._codec.lm, raw, self._codec.lm.num_steps - k)
 
     def bottom_up(self) -> Iterator[Tuple[int, np.ndarray, Gaussian, Optional[torch.Tensor]]]:
         """(t, bin indices, prior, z_{t+1} on the model's device or None at the top) for t = 0 .. N-1,
@@ -136,8 +139,7 @@ class PriorTape:
         prior = self._prior(n - 1) if n else None
         for k in reversed(range(n)):
             above = self._prior(k - 1) if k > 0 else None
-            z_above = None if k == 0 else self._codec.lm.latent_to_model(
-                self._codec._latent_value(above, self._indices.at(k - 1)))
+            z_above = None if k == 0 else self._coder.model_latent(self._codec, above, self._indices.at(k - 1))
             yield n - 1 - k, self._indices.at(k), prior, z_above
             prior = above
         self._indices = self._raw = None

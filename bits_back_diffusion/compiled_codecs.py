@@ -347,6 +347,33 @@ class HostCoder:
         return mean, std, np.full(mean.size, lo), np.full(mean.size, (hi - lo) / (k - 1)), k
 
 
+    # --- BB-ANS's model values (on the host here, on the device for CudaCoder) ----------------------
+
+    def std_prior(self, codec, shape):
+        return codec._std_prior(shape)
+
+    def posterior(self, lm, x, z_next, t: int):
+        """q(z_t | x) at the top (z_next None), else q(z_t | z_{t+1}, x)."""
+        return lm.posterior_top(x) if z_next is None else lm.posterior(x, z_next, t + 1)
+
+    def posterior_params(self, posterior, prior, groups: _Groups, shape):
+        """Checked per-lane (mean, std, bin_mean, bin_std) of DiagGaussian_GaussianBins."""
+        return _posterior_params(posterior, prior, groups, shape)
+
+    def model_latent(self, codec, prior, idx):
+        """The latent of bin indices idx under `prior`, as the model takes it."""
+        return codec.lm.latent_to_model(codec._latent_value(prior, self.to_host(idx)))
+
+    def reverse_raw(self, lm, z, t: int):
+        return lm.reverse_raw(z, t)
+
+    def raw_to_host(self, raw):
+        return raw
+
+    def prior_from_raw(self, lm, raw, t: int):
+        return lm.gaussian_from_raw(raw, t)
+
+
 HOST = HostCoder()
 
 
@@ -483,9 +510,8 @@ def _posterior_params(posterior, prior, groups, shape, who="DiagGaussian_Gaussia
 
 
 def bbans_encode(codec, message: cs.Message, x_levels: np.ndarray, coder: HostCoder = HOST) -> cs.Message:
-    """BitsBackCodec.encode on the compiled path (shapes already checked), with `coder`'s kernels.
-    The model's values stay on the host for either coder (the tapes keep them there; a step's
-    parameters are uploaded for the CUDA coder's kernels)."""
+    """BitsBackCodec.encode on the compiled path (shapes already checked), with `coder`'s arrays
+    and kernels (the indices wait for their pushes on the host, compactly: bbans_tape)."""
     lm, prec = codec.lm, codec.prec
     shape = x_levels.shape
     dims = int(np.prod(shape[1:]))
@@ -497,13 +523,13 @@ def bbans_encode(codec, message: cs.Message, x_levels: np.ndarray, coder: HostCo
     tracking = codec.trace is not None
     x = lm.data_to_model(x_levels)
     pop_bits, push_bits = [], []
-    prior = codec._std_prior(shape)
+    prior = coder.std_prior(codec, shape)
     indices = IndexTape(prec.prior_prec, shape, lm.num_steps)
     z_next = None
     for t in reversed(range(lm.num_steps)):
-        posterior = lm.posterior_top(x) if z_next is None else lm.posterior(x, z_next, t + 1)
+        posterior = coder.posterior(lm, x, z_next, t)
         before = state.bits() if tracking else 0.0
-        params = [coder.upload(a) for a in _posterior_params(posterior, prior, groups, shape)]
+        params = coder.posterior_params(posterior, prior, groups, shape)
         idx = coder.symbols(groups.count)
         state.reserve(groups.count, 0)
         status, _ = coder.quantized_pop(head, state_buf(coder, state), meta, groups.offsets, groups.lanes,
@@ -513,17 +539,16 @@ def bbans_encode(codec, message: cs.Message, x_levels: np.ndarray, coder: HostCo
         state.check("bbans")
         if tracking:
             pop_bits.append(before - state.bits())
-        idx = coder.to_host(idx).reshape(shape)
-        indices.record(idx)
-        z_next = lm.latent_to_model(codec._latent_value(prior, idx))
-        prior = lm.reverse(z_next, t)
+        indices.record(coder.to_host(idx).reshape(shape))
+        z_next = coder.model_latent(codec, prior, idx.reshape(shape))
+        prior = coder.reverse(lm, z_next, t)
     before = state.bits() if tracking else 0.0
-    mean, std, lo, step, k = HOST.discretized(prior, groups, shape, lm)
+    mean, std, lo, step, k = coder.discretized(prior, groups, shape, lm)
     levels = _checks.symbols(x_levels, shape, k, "DiscretizedGaussian").reshape(-1)
     state.reserve(0, groups.count)
     status, _ = coder.quantized_push(head, state_buf(coder, state), meta, groups.offsets, groups.lanes,
-                                     KIND_DISCRETIZED, edges, *[coder.upload(a) for a in (mean, std, lo, step)], k,
-                                     prec.obs_prec, coder.upload(levels), sc.words, sc.flags, sc.stat)
+                                     KIND_DISCRETIZED, edges, mean, std, lo, step, k, prec.obs_prec,
+                                     coder.upload(levels), sc.words, sc.flags, sc.stat)
     _raise_status(status, "DiscretizedGaussian")
     if tracking:
         codec.trace.data_bits.append(state.bits() - before)
@@ -541,7 +566,8 @@ def bbans_encode(codec, message: cs.Message, x_levels: np.ndarray, coder: HostCo
 
 
 def bbans_decode(codec, message: cs.Message, batch: int, coder: HostCoder = HOST) -> Tuple[cs.Message, np.ndarray]:
-    """BitsBackCodec.decode on the compiled path (batch already checked), with `coder`'s kernels."""
+    """BitsBackCodec.decode on the compiled path (batch already checked), with `coder`'s arrays
+    and kernels (the tape keeps each step's indices and raw prior on the host, compactly)."""
     lm, prec = codec.lm, codec.prec
     shape = (batch,) + tuple(message.head.shape[1:])
     dims = int(np.prod(shape[1:]))
@@ -550,8 +576,8 @@ def bbans_decode(codec, message: cs.Message, batch: int, coder: HostCoder = HOST
     edges = coder.upload(cs.std_gaussian_buckets(prec.prior_prec))
     state = coder.state(message)
     head, _, meta = coder.buffers(state)
-    prior, raw = codec._std_prior(shape), None
-    tape = PriorTape(codec, shape, lm.num_steps)  # what the posterior pushes need, compact (see bbans_tape)
+    prior, raw = coder.std_prior(codec, shape), None
+    tape = PriorTape(codec, shape, lm.num_steps, coder)  # what the posterior pushes need (see bbans_tape)
     for t in reversed(range(lm.num_steps)):
         idx = coder.symbols(groups.count)
         state.reserve(groups.count, 0)
@@ -559,24 +585,23 @@ def bbans_decode(codec, message: cs.Message, batch: int, coder: HostCoder = HOST
                              sc.flags):
             _raise_status(-1, "Uniform")
         state.check("bbans")
-        idx = coder.to_host(idx).reshape(shape)
-        tape.record(idx, raw)
-        z = lm.latent_to_model(codec._latent_value(prior, idx))
-        raw = lm.reverse_raw(z, t)
-        prior = lm.gaussian_from_raw(raw, t)
-    mean, std, lo, step, k = HOST.discretized(prior, groups, shape, lm)
+        tape.record(coder.to_host(idx).reshape(shape), None if raw is None else coder.raw_to_host(raw))
+        z = coder.model_latent(codec, prior, idx.reshape(shape))
+        raw = coder.reverse_raw(lm, z, t)
+        prior = coder.prior_from_raw(lm, raw, t)
+    mean, std, lo, step, k = coder.discretized(prior, groups, shape, lm)
     x_levels = coder.symbols(groups.count)
     state.reserve(groups.count, 0)
     status, _ = coder.quantized_pop(head, state_buf(coder, state), meta, groups.offsets, groups.lanes,
-                                    KIND_DISCRETIZED, edges, *[coder.upload(a) for a in (mean, std, lo, step)], k,
-                                    prec.obs_prec, 1, x_levels, sc.flags, sc.stat)
+                                    KIND_DISCRETIZED, edges, mean, std, lo, step, k, prec.obs_prec, 1, x_levels,
+                                    sc.flags, sc.stat)
     _raise_status(status, "DiscretizedGaussian")
     state.check("bbans")
     x_levels = coder.to_host(x_levels).reshape(shape)
     x = lm.data_to_model(x_levels)
     for t, idx, prior, z_above in tape.bottom_up():
-        posterior = lm.posterior_top(x) if z_above is None else lm.posterior(x, z_above, t + 1)
-        params = [coder.upload(a) for a in _posterior_params(posterior, prior, groups, shape)]
+        posterior = coder.posterior(lm, x, z_above, t)
+        params = coder.posterior_params(posterior, prior, groups, shape)
         symbols = _checks.symbols(idx, shape, 1 << prec.prior_prec, "DiagGaussian_GaussianBins")
         state.reserve(0, groups.count)
         status, _ = coder.quantized_push(head, state_buf(coder, state), meta, groups.offsets, groups.lanes,

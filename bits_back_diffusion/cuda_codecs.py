@@ -1,7 +1,7 @@
 """The CUDA coder: the compiled path's drivers (`compiled_codecs`) with device arrays and CUDA
-kernels. For Bit-Swap a step's model outputs, latents and lane states never leave the GPU (only
-the phase counters, 64 bytes, and a 16-byte status come back per phase); BB-ANS keeps its model
-values on the host as before (its tapes live there) and uploads each phase's parameters.
+kernels. A step's model outputs, latents and lane states stay on the GPU (only the phase counters,
+64 bytes, and a 16-byte status come back per phase); BB-ANS's tapes, which hold every step's bin
+indices and raw priors until the data is coded, stay on the host (compact; one copy per step).
 
 Design, and why:
 
@@ -14,8 +14,8 @@ Design, and why:
 * Same message format: the shared tail with words in lane order, so everything that reads
   messages (checkpoints, `.bbd` files, rates) is unchanged.
 * Determinism: integer ANS arithmetic is exact anywhere. The CDFs use CUDA's libdevice
-  normcdf/normcdfinv (`craystack.compiled.cuda_special`), and Bit-Swap's model mean and standard
-  deviation come from torch on the device (`latent_model.reverse_on_device`), so encoder and
+  normcdf/normcdfinv (`craystack.compiled.cuda_special`), and the model's means and standard
+  deviation come from torch on the device (`latent_model.*_on_device`), so encoder and
   decoder compute identical values on the same GPU model and software. They are not scipy's
   values, so a file records that this coder wrote it (`DeviceInfo.coder`) and a decoder refuses
   to undo it with anything else (`decode_device.check_coder`).
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from numba import cuda
 
+import craystack as cs
 from craystack.compiled import cuda_phases
 from craystack.compiled.cuda_message import (COMPILE_KEY, THREADS, DeviceMessage, block_first_error, block_pop_flagged,
                                              block_push_flagged, sync_all, to_device_array)
@@ -42,7 +43,7 @@ from craystack.compiled.kernels import cuda_kernel
 
 from .bitswap_lanes import (p_pop_coarse_lane, p_pop_fine_lane, p_push_lane, q_pop_coarse_lane, q_pop_fine_lane,
                             q_push_lane)
-from .compiled_codecs import HostCoder, _BitSwapTables, _check_gaussian, _Groups, _Scratch
+from .compiled_codecs import HostCoder, _BitSwapTables, _check_gaussian, _Groups, _posterior_params, _Scratch
 
 __all__ = ["CudaCoder"]
 
@@ -254,6 +255,47 @@ class CudaCoder(HostCoder):
         if not bool(torch.isfinite(mean).all() & torch.isfinite(std).all() & (std > 0).all()):
             _check_gaussian(mean.cpu().numpy(), std.cpu().numpy(), groups, shape, who)
         return self._arg(mean), self._arg(std)
+
+    def _device_tensor(self, a) -> torch.Tensor:
+        """A host array or a kernel's array as a tensor on the device."""
+        if isinstance(a, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+        return self._tensor(a)
+
+    # --- BB-ANS's model values, on the device ------------------------------------------------------
+
+    def std_prior(self, codec, shape):
+        return (torch.zeros(shape, dtype=torch.float64, device=self.device),
+                torch.ones(shape, dtype=torch.float64, device=self.device))
+
+    def posterior(self, lm, x, z_next, t: int):
+        return lm.posterior_top_on_device(x) if z_next is None else lm.posterior_on_device(x, z_next, t + 1)
+
+    def posterior_params(self, posterior, prior, groups: _Groups, shape):
+        flat = [a.to(torch.float64).broadcast_to(shape).contiguous().reshape(-1) for a in (*posterior, *prior)]
+        mean, std, bin_mean, bin_std = flat
+        ok = torch.stack([torch.isfinite(a).all() for a in flat] + [(std > 0).all(), (bin_std > 0).all()]).all()
+        if not bool(ok):  # the reference's own checks, for its exact error
+            _posterior_params(*[(a.cpu().numpy(), b.cpu().numpy()) for a, b in ((mean, std), (bin_mean, bin_std))],
+                              groups, shape)
+        return [self._arg(a) for a in flat]
+
+    def model_latent(self, codec, prior, idx) -> torch.Tensor:
+        key = ("bbans", codec.prec.prior_prec)
+        if key not in self._tables:
+            self._tables[key] = torch.tensor(np.array(cs.std_gaussian_centres(codec.prec.prior_prec)),
+                                             dtype=torch.float64, device=self.device)
+        centres = self._tables[key]
+        return (prior[0] + prior[1] * centres[self._device_tensor(idx)]).to(torch.float32)
+
+    def reverse_raw(self, lm, z, t: int):
+        return lm.reverse_raw_on_device(z, t)
+
+    def raw_to_host(self, raw):
+        return tuple(np.ascontiguousarray(r.detach().cpu().numpy()) for r in raw)
+
+    def prior_from_raw(self, lm, raw, t: int):
+        return lm.gaussian_from_raw_on_device(tuple(self._device_tensor(r) for r in raw), t)
 
     def discretized(self, reverse, groups: _Groups, shape, lm):
         mean, std = self.gaussian(reverse, groups, shape, "DiscretizedGaussian")

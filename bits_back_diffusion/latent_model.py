@@ -80,26 +80,48 @@ class DiffusionLatentModel:
         """p(z_{t-1} | z_t) for t >= 1, or the likelihood's Gaussian p(x | z_0) for t = 0: one model call."""
         return self.gaussian_from_raw(self.reverse_raw(z, t), t)
 
+    def _network(self, z: torch.Tensor, t: int) -> dict:
+        with torch.inference_mode():
+            out = self.diffusion.p_mean_variance(self._net, z, self._steps(t, z.shape[0]), clip_denoised=self.clip_denoised)
+        self.model_evals += 1
+        return out
+
     def reverse_raw(self, z: torch.Tensor, t: int) -> RawGaussian:
         """`reverse` before the float64 step: the model's mean and log-variance on the host, in the
         dtype the network produced (float32), half the bytes of the float64 (mean, std) pair. BB-ANS
         decode keeps these for every step and recomputes the pair with `gaussian_from_raw`."""
-        with torch.inference_mode():
-            out = self.diffusion.p_mean_variance(self._net, z, self._steps(t, z.shape[0]), clip_denoised=self.clip_denoised)
-        self.model_evals += 1
+        out = self._network(z, t)
         return _host(out["mean"]), _host(out["log_variance"])
 
-    def reverse_on_device(self, z: torch.Tensor, t: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """`reverse` with the float64 mean and std left where the model ran (the CUDA coder's
-        input): the same operations in torch, whose exp there is the device's own, so only the
-        same device reproduces them (files say which coder wrote them)."""
-        with torch.inference_mode():
-            out = self.diffusion.p_mean_variance(self._net, z, self._steps(t, z.shape[0]), clip_denoised=self.clip_denoised)
-            low = max(self.std_range[0], self.likelihood_std_min if t == 0 else 0.0)
-            mean = out["mean"].to(torch.float64)
-            std = torch.clamp(torch.exp(0.5 * out["log_variance"].to(torch.float64)), low, self.std_range[1])
-        self.model_evals += 1
+    # --- the same values left on the model's device (the CUDA coder's inputs) ----------------------
+    # torch's elementwise operations there (its exp is the device's own), so only the same device
+    # reproduces them: files say which coder wrote them.
+
+    def reverse_raw_on_device(self, z: torch.Tensor, t: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`reverse_raw` without the copy to the host."""
+        out = self._network(z, t)
+        return out["mean"].detach(), out["log_variance"].detach()
+
+    def gaussian_from_raw_on_device(self, raw, t: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`gaussian_from_raw` in torch on the device, from the network's values (tensors)."""
+        low = max(self.std_range[0], self.likelihood_std_min if t == 0 else 0.0)
+        mean = raw[0].to(torch.float64)
+        std = torch.clamp(torch.exp(0.5 * raw[1].to(torch.float64)), low, self.std_range[1])
         return mean, std
+
+    def reverse_on_device(self, z: torch.Tensor, t: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`reverse`, float64 on the device."""
+        return self.gaussian_from_raw_on_device(self.reverse_raw_on_device(z, t), t)
+
+    def posterior_top_on_device(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`posterior_top`, float64 on the device."""
+        mean, _, log_var = self.diffusion.q_mean_variance(x, self._steps(self.num_steps - 1, x.shape[0]))
+        return mean.to(torch.float64), torch.exp(0.5 * log_var.to(torch.float64))
+
+    def posterior_on_device(self, x: torch.Tensor, z_next: torch.Tensor, t_next: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """`posterior`, float64 on the device."""
+        mean, _, log_var = self.diffusion.q_posterior_mean_variance(x, z_next, self._steps(t_next, x.shape[0]))
+        return mean.to(torch.float64), torch.exp(0.5 * log_var.to(torch.float64))
 
     def gaussian_from_raw(self, raw: RawGaussian, t: int) -> Gaussian:
         """The float64 (mean, std) of `reverse` from `reverse_raw`'s output. Elementwise NumPy on an

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
 if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
@@ -40,16 +41,25 @@ for _module in (cuda_message, cuda_phases, cuda_codecs):
 
 @pytest.fixture(autouse=True)
 def host_model_values(monkeypatch):
-    """The CUDA coder's drivers take Bit-Swap's model mean and std from torch on the model's device;
-    here, on the CPU, they come from the host coder's NumPy code instead, so that both coders see
-    identical parameters and must write identical messages (a test that wants torch's own values
-    calls monkeypatch.undo())."""
+    """The CUDA coder's drivers take the model's means and standard deviations from torch on the
+    model's device; here, on the CPU, they come from the host coder's NumPy code instead (torch's
+    and NumPy's exp may differ in the last bit), so that both coders see identical parameters and
+    must write identical messages. A test that wants torch's own values calls monkeypatch.undo()."""
     import torch
 
-    from bits_back_diffusion.cuda_codecs import CudaCoder
+    from bits_back_diffusion.compiled_codecs import HOST
+
+    def as_tensors(pair):
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in pair)
 
     def reverse(self, lm, z, t):
-        mean, std = lm.reverse(lm.latent_to_model(z.numpy()), t)
-        return torch.from_numpy(mean), torch.from_numpy(std)
+        return as_tensors(lm.reverse(lm.latent_to_model(z.numpy()), t))
 
-    monkeypatch.setattr(CudaCoder, "reverse", reverse)
+    def posterior(self, lm, x, z_next, t):
+        return as_tensors(HOST.posterior(lm, x, z_next, t))
+
+    def prior_from_raw(self, lm, raw, t):
+        return as_tensors(lm.gaussian_from_raw(tuple(np.asarray(r) for r in raw), t))
+
+    for name, fn in (("reverse", reverse), ("posterior", posterior), ("prior_from_raw", prior_from_raw)):
+        monkeypatch.setattr(cuda_codecs.CudaCoder, name, fn)

@@ -107,11 +107,21 @@ def test_device_drivers_round_trip_with_their_own_model_values(monkeypatch):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_bbans_on_the_cuda_kernels_writes_the_cpu_message(batch):
-    """BB-ANS keeps the model's values on the host and runs its phases on the CUDA kernels."""
+def test_bbans_on_the_cuda_coder_writes_the_cpu_message(batch):
     lm = DiffusionLatentModel(ConvNet(seed=batch), process(40, "3"), torch.device("cpu"))
     prec = BitsBackCodec.default_precisions
     host = BitsBackCodec(lm, prec, track=True, coder="host")
     device = BitsBackCodec(lm, prec, track=True, coder="cuda")
     x = edge_images((3, 4, 4))[:batch] if batch == 3 else np.random.default_rng(1).integers(0, 256, (1, 3, 4, 4))
     _same_run(host, device, x, batch)
+
+
+def test_bbans_device_drivers_round_trip_with_their_own_model_values(monkeypatch):
+    monkeypatch.undo()  # torch's own means and standard deviations, as on a GPU
+    lm = DiffusionLatentModel(ConvNet(seed=6), process(40, "3"), torch.device("cpu"))
+    device = BitsBackCodec(lm, BitsBackCodec.default_precisions, coder="cuda")
+    x = np.random.default_rng(6).integers(0, 256, (2, 3, 4, 4))
+    start = initial_message(device, x.shape, 0)
+    decoded, back = device.decode(device.encode(start, x), 2)
+    np.testing.assert_array_equal(back, x)
+    assert cs.message_equal(decoded, start)
