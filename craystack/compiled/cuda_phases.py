@@ -32,6 +32,21 @@ def report_error(stat, first, off, result):
         result[1] = off + first
 
 
+def _quiet_about_occupancy() -> None:
+    """One block per launch is the design (cuda_message), not a mistake to warn about each time."""
+    import numba
+
+    configs = [numba.config]
+    try:
+        from numba.cuda.core import config as cuda_config  # numba-cuda's own copy of the settings
+        configs.append(cuda_config)
+    except ImportError:
+        pass
+    for config in configs:
+        config.CUDA_LOW_OCCUPANCY_WARNINGS = 0
+
+
+_quiet_about_occupancy()
 _NO_ERROR = np.array([0, -1], dtype=np.int64)
 _BUFFERS = {}  # device buffers every launch reuses: (status, index), and the blocks' partial sums
 
