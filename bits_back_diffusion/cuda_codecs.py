@@ -227,10 +227,13 @@ class CudaCoder(HostCoder):
         return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
 
     def _tensor(self, a) -> torch.Tensor:
-        """A kernel's output array as a tensor on the device (no copy on a GPU)."""
+        """A host array, or a kernel's array, as a tensor on the device (a kernel's array on a GPU
+        without a copy)."""
+        if isinstance(a, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
         if self.device.type == "cuda":
             return torch.as_tensor(a, device=self.device)
-        return torch.from_numpy(self.to_host(a))  # the simulator's arrays live on the host
+        return torch.from_numpy(self.to_host(a))  # the simulator's device arrays live on the host
 
     def latent(self, codec, idx, shape) -> torch.Tensor:
         self.tables(codec)
@@ -238,9 +241,7 @@ class CudaCoder(HostCoder):
         return centres[self._tensor(idx)].reshape(shape)
 
     def data_value(self, codec, x_levels) -> torch.Tensor:
-        levels = self._tensor(x_levels) if not isinstance(x_levels, np.ndarray) else torch.from_numpy(
-            np.ascontiguousarray(x_levels)).to(self.device)
-        return levels.to(torch.float64) * (2.0 / (codec.lm.num_levels - 1)) - 1.0
+        return self._tensor(x_levels).to(torch.float64) * (2.0 / (codec.lm.num_levels - 1)) - 1.0
 
     def q_params(self, codec, z_prev: torch.Tensor, t: int):
         mean = (float(codec._keep[t]) * z_prev).reshape(-1)
@@ -255,12 +256,6 @@ class CudaCoder(HostCoder):
         if not bool(torch.isfinite(mean).all() & torch.isfinite(std).all() & (std > 0).all()):
             _check_gaussian(mean.cpu().numpy(), std.cpu().numpy(), groups, shape, who)
         return self._arg(mean), self._arg(std)
-
-    def _device_tensor(self, a) -> torch.Tensor:
-        """A host array or a kernel's array as a tensor on the device."""
-        if isinstance(a, np.ndarray):
-            return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
-        return self._tensor(a)
 
     # --- BB-ANS's model values, on the device ------------------------------------------------------
 
@@ -286,7 +281,7 @@ class CudaCoder(HostCoder):
             self._tables[key] = torch.tensor(np.array(cs.std_gaussian_centres(codec.prec.prior_prec)),
                                              dtype=torch.float64, device=self.device)
         centres = self._tables[key]
-        return (prior[0] + prior[1] * centres[self._device_tensor(idx)]).to(torch.float32)
+        return (prior[0] + prior[1] * centres[self._tensor(idx)]).to(torch.float32)
 
     def reverse_raw(self, lm, z, t: int):
         return lm.reverse_raw_on_device(z, t)
@@ -295,7 +290,7 @@ class CudaCoder(HostCoder):
         return tuple(np.ascontiguousarray(r.detach().cpu().numpy()) for r in raw)
 
     def prior_from_raw(self, lm, raw, t: int):
-        return lm.gaussian_from_raw_on_device(tuple(self._device_tensor(r) for r in raw), t)
+        return lm.gaussian_from_raw_on_device(tuple(self._tensor(r) for r in raw), t)
 
     def discretized(self, reverse, groups: _Groups, shape, lm):
         mean, std = self.gaussian(reverse, groups, shape, "DiscretizedGaussian")
