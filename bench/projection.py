@@ -34,7 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--codec-json", required=True, help="--json output of bench/codec_speed.py")
     parser.add_argument("--codec", default="bitswap")
-    parser.add_argument("--threads", default="numba_2", help="which measured codec column to use")
+    parser.add_argument("--threads", default="numba_2",
+                        help="which measured codec column to use: numba_1, numba_2, or cuda (a GPU run)")
     parser.add_argument("--tflops", type=float, default=30.0,
                         help="assumed sustained fp32 TFLOP/s of the model on one GPU (H200 peak: ~67)")
     parser.add_argument("--model-ms", type=float, default=0.0, help="measured CIFAR-10 model ms per step at the batch")
