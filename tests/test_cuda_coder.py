@@ -67,3 +67,15 @@ def test_a_cuda_coder_file_is_refused_on_the_cpu_before_the_model(tmp_path, monk
     with pytest.raises(decoder.DecodeError, match=r"coded by the CUDA coder .* but this decode runs on the CPU; decode "
                                                   r"on a CUDA GPU .*pip install numba-cuda"):
         decoder.decode_input(str(path), device="cpu", allow_device_mismatch=True)
+
+
+def test_a_cuda_model_without_numba_cuda_codes_on_the_host_and_says_so(monkeypatch):
+    from bits_back_diffusion import coders
+
+    monkeypatch.setattr(coders, "cuda_problem", lambda: "numba finds no usable CUDA device")
+    with pytest.warns(RuntimeWarning, match="coding on the CPU, not the GPU: numba finds no usable CUDA device"):
+        assert choose_coder("bitswap", "cuda", "numba") == "host"
+    with pytest.raises(ValueError, match="the CUDA coder cannot run here: numba finds no usable CUDA device"):
+        choose_coder("bbans", "cuda", "numba", requested="cuda")
+    monkeypatch.setattr(coders, "cuda_problem", lambda: "")
+    assert choose_coder("bbans", "cuda:1", "numba") == "cuda"  # both codecs default to it on a GPU
