@@ -2,8 +2,6 @@
 ranks, seeding and determinism switches."""
 from __future__ import annotations
 
-import datetime
-import functools
 import os
 import random
 from dataclasses import dataclass
@@ -47,21 +45,10 @@ def launch_rank() -> int:
     return 0
 
 
-@functools.lru_cache(maxsize=None)
-def run_stamp() -> str:
-    """`<date>/<time>` of the run, decided by rank 0 under mpiexec so every rank's Hydra run dir
-    is the same folder (each rank composes its own config, and `${now:}` would differ)."""
-    stamp = datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
-    if dist_util.under_mpi():
-        from mpi4py import MPI
-
-        stamp = MPI.COMM_WORLD.bcast(stamp, root=0)
-    return stamp
-
-
 def fresh_run_dir(prefix: str) -> str:
     """`<prefix>/<date>/<time>` made unique (`-1`, `-2`, ... when taken) and created at once, so
-    two runs started in the same second never share a folder. Under mpiexec rank 0 picks the
+    two runs (or two `-m` sweeps: the sweep dir is one too) started in the same second never
+    share a folder. Under mpiexec rank 0 picks the
     name and broadcasts it; other launch ranks without MPI leave the choice to rank 0's broadcast
     in `setup`."""
     if dist_util.under_mpi():
@@ -82,14 +69,14 @@ def hydra_output_subdir() -> str:
 def register_resolvers() -> None:
     """Resolvers the YAML files use; call before `@hydra.main` runs.
 
-    `run_stamp` and `fresh_run_dir` are cached in the config (like Hydra's `${now:}`), so a config
-    pickled by a launcher carries its value: a SLURM job started (or requeued) later by the
-    submitit launcher gets the launcher's dir, not a new timestamp -- otherwise a requeued run
-    would start over from step 0 in a fresh folder. `hydra_subdir` depends on the process's rank
+    `fresh_run_dir` is cached in the config (like Hydra's `${now:}`), so a config pickled by a
+    launcher carries its value, and Hydra copies that cache into each sweep job's config: every
+    job of a sweep, and a SLURM job started (or requeued) later by the submitit launcher, gets the
+    launcher's dir, not a new one -- otherwise a requeued run would start over from step 0 in a
+    fresh folder. `hydra_subdir` depends on the process's rank
     and must not be cached.
     """
-    for name, fn, cache in (("run_stamp", run_stamp, True), ("fresh_run_dir", fresh_run_dir, True),
-                            ("hydra_subdir", hydra_output_subdir, False)):
+    for name, fn, cache in (("fresh_run_dir", fresh_run_dir, True), ("hydra_subdir", hydra_output_subdir, False)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn, use_cache=cache)
 

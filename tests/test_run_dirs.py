@@ -179,6 +179,24 @@ def test_two_default_run_dirs_in_the_same_second_differ(tmp_path, monkeypatch):
     assert os.path.isdir(first) and os.path.isdir(second)
 
 
+@pytest.mark.parametrize("config", ["train", "encode", "decode", "compute_vlb", "mode/submitit",
+                                    "mode/submitit_local"])
+def test_two_sweeps_in_the_same_second_get_two_sweep_dirs(tmp_path, monkeypatch, config):
+    """`-m` sweeps started in the same second (a script submitting two SLURM sweeps) must not share
+    a sweep dir: their jobs' run dirs (<sweep dir>/<job num>) would collide, and a later job
+    would resume an earlier sweep's checkpoints under another config."""
+    monkeypatch.setattr(run_dirs, "default_stamp", lambda: "2001-02-03/04-05-06")
+    monkeypatch.chdir(tmp_path)
+    runtime.register_resolvers()
+    sweep = OmegaConf.load(REPO_ROOT / "config" / f"{config}.yaml").hydra.sweep
+    raw = OmegaConf.to_container(sweep)["dir"].replace("${hydra.job.name}", "job")
+    first = OmegaConf.create({"dir": raw}).dir
+    second = OmegaConf.create({"dir": raw}).dir
+    assert first == os.path.join("outputs", "job", "multirun", "2001-02-03", "04-05-06")
+    assert second == first + "-1"
+    assert os.path.isdir(first) and os.path.isdir(second)
+
+
 def test_a_launched_config_keeps_its_run_dir_when_unpickled(tmp_path, monkeypatch):
     """A requeued SLURM job rebuilds its config from the launcher's pickle: same dir, no new one."""
     runtime.register_resolvers()

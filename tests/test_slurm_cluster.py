@@ -88,6 +88,9 @@ _APP = """
 import json, os
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from bits_back_diffusion.runtime import register_resolvers
+
+register_resolvers()  # the mode files' sweep dir: ${fresh_run_dir:...}
 
 @hydra.main(version_base=None, config_path="conf", config_name="app")
 def main(cfg):
@@ -149,7 +152,7 @@ def test_mode_config_composes(tmp_path, mode, target):
     assert hy.launcher.tasks_per_node == 3  # follows the GPUs
     assert hy.launcher.nodes == 1
     raw = OmegaConf.to_container(hy, resolve=False)
-    assert raw["sweep"]["dir"].startswith("outputs/${hydra.job.name}/multirun/")
+    assert raw["sweep"]["dir"] == "${fresh_run_dir:outputs/${hydra.job.name}/multirun}"
     if mode == "submitit":
         assert hy.launcher.partition is None
 
@@ -165,6 +168,11 @@ def test_submitit_local_mode_runs(tmp_path):
     assert sorted(recs) == ["0", "1"]
     assert sorted(r[0]["x"] for r in recs.values()) == [1, 2]
     assert all(r[0]["SUBMITIT_EXECUTOR"] == "local" for r in recs.values())
+    # both jobs in the one sweep dir the launcher reserved, and no folder reserved for nothing
+    outputs = root / "outputs" / "app"
+    assert [p.name for p in outputs.iterdir()] == ["multirun"]
+    sweeps = [p for p in (outputs / "multirun").glob("*/*")]
+    assert len(sweeps) == 1 and sorted(p.name for p in sweeps[0].iterdir() if p.name.isdigit()) == ["0", "1"]
 
 
 @pytest.mark.slurm

@@ -10,13 +10,12 @@ cluster does it:
 * ``requeue``: ``scontrol requeue`` -- what slurmctld does for ``PreemptMode=REQUEUE`` (and an
   admin requeue): the tasks are killed and the batch script starts again from the same pickle.
 
-The run dir keeps its launch-time timestamp (``${now:}`` of mode=submitit, ``${run_stamp:}`` of
-config/train.yaml), so the second start finds the checkpoints and resumes from the newest one.
+The run dir keeps the sweep dir the launcher reserved (``${fresh_run_dir:}`` of config/train.yaml
+and of the mode files), so the second start finds the checkpoints and resumes from the newest one.
 The runs are started from a temporary folder so they use these default, timestamped sweep dirs.
 """
 from __future__ import annotations
 
-import datetime
 import pickle
 import re
 import subprocess
@@ -28,6 +27,7 @@ from typing import Callable, Optional
 import pytest
 from omegaconf import OmegaConf
 
+from bits_back_diffusion import run_dir as run_dirs
 from bits_back_diffusion import runtime
 from helpers import REPO_ROOT, script_env
 from improved_diffusion.train_util import find_resume_checkpoint
@@ -53,35 +53,23 @@ LAUNCHER_KEYS = ["hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task
 # ---------------------------------------------------------------- unit: the fix in runtime.py
 
 
-class _FrozenClock:
-    """Stands in for the `datetime` module in runtime: now() is a fixed, later time."""
-
-    class datetime:  # noqa: N801 - mimics datetime.datetime
-        @staticmethod
-        def now() -> datetime.datetime:
-            return datetime.datetime(2001, 2, 3, 4, 5, 6)
-
-
-def test_run_stamp_survives_pickling_like_a_launched_config(monkeypatch):
+def test_sweep_dir_survives_pickling_like_a_launched_config(tmp_path, monkeypatch):
     """The submitit launcher pickles the composed config and the job (or its requeued rerun)
-    rebuilds its sweep config from it with Hydra's copy_cache: ${run_stamp:} must come back as the
-    launch-time value, not the time the job (re)started."""
+    rebuilds its sweep config from it with Hydra's copy_cache: the sweep dir must come back as the
+    one the launcher reserved, not a new one reserved when the job (re)started."""
     runtime.register_resolvers()
-    master = OmegaConf.create({"sweep": "outputs/train/multirun/${run_stamp:}"})
+    sweep = f"${{fresh_run_dir:{tmp_path}/outputs/train/multirun}}"
+    master = OmegaConf.create({"sweep": sweep})
     launched = master.sweep  # the launcher resolves the sweep dir before it submits
     blob = pickle.dumps(master)
-    try:
-        runtime.run_stamp.cache_clear()  # a fresh job process ...
-        monkeypatch.setattr(runtime, "datetime", _FrozenClock)  # ... started at another time
-        later = "outputs/train/multirun/2001-02-03/04-05-06"
-        assert OmegaConf.create({"sweep": "outputs/train/multirun/${run_stamp:}"}).sweep == later
-        job_master = pickle.loads(blob)
-        assert job_master.sweep == launched
-        sweep_config = OmegaConf.create({"sweep": "outputs/train/multirun/${run_stamp:}"})
-        OmegaConf.copy_cache(from_config=job_master, to_config=sweep_config)  # Hydra's load_sweep_config
-        assert sweep_config.sweep == launched != later
-    finally:
-        runtime.run_stamp.cache_clear()  # later tests must not see the frozen stamp
+    monkeypatch.setattr(run_dirs, "default_stamp", lambda: "2001-02-03/04-05-06")  # a later start
+    later = OmegaConf.create({"sweep": sweep}).sweep  # what a job resolving it anew would get
+    assert later.endswith("2001-02-03/04-05-06")
+    job_master = pickle.loads(blob)
+    assert job_master.sweep == launched
+    sweep_config = OmegaConf.create({"sweep": sweep})
+    OmegaConf.copy_cache(from_config=job_master, to_config=sweep_config)  # Hydra's load_sweep_config
+    assert sweep_config.sweep == launched != later
 
 
 def test_rank_dependent_subdir_is_not_cached(monkeypatch):
@@ -122,10 +110,10 @@ def _tail(path: Path, chars: int = 3000) -> str:
 @pytest.mark.parametrize(
     "how, mode, tasks, max_steps",
     [
-        # The documented mode (sweep dir from ${now:}); two tasks: rank 1 must ignore the signal.
+        # The documented mode; two tasks: rank 1 must ignore the signal.
         # Rank 0 leaves as soon as the signal arrives, so few steps suffice.
         ("usr2", "+mode=submitit", 2, 40),
-        # Hydra's launcher without the mode: config/train.yaml's ${run_stamp:} sweep dir. submitit
+        # Hydra's launcher without the mode: config/train.yaml's sweep dir. submitit
         # ignores the SIGTERM of a requeue, so training goes on until SIGKILL, some seconds later:
         # on an idle machine 250 steps were all done by then (about 10 ms a step), hence 1000.
         ("requeue", "hydra/launcher=submitit_slurm", 1, 1000),
