@@ -11,7 +11,9 @@ these paths must give the same message (checked). With --device cuda, each codec
 on the CUDA coder (kernels on the GPU; Bit-Swap's model values stay there), replaying model
 outputs recorded for it the same way; its messages differ from the host's in the last bits of
 the CDFs, so it is checked by decoding. Weights are random: the architecture sets the model's cost, and
-the codec's cost does not depend on the weights. Prints a markdown table and a JSON line.
+the codec's cost does not depend on the weights. Prints a markdown table and a JSON line, then
+what scipy's ndtr/ndtri cost per call in compiled code and how many the NumPy reference
+evaluates per latent (`special_cost`): the part of a step no exact compiled path can avoid.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from bits_back_diffusion.codec_registry import build_codec, codec_class
 from bits_back_diffusion.coding import initial_message
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from improved_diffusion.script_util import create_gaussian_diffusion, create_model
+
+import special_cost  # noqa: E402 (bench/, beside this script)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,7 +133,10 @@ def bench_codec(name, model, diffusion, x, steps, device):
             if not np.array_equal(cs.flatten(message), reference):
                 raise SystemExit(f"{name} {direction}: the {label} path gave a different message")
             times[label] = seconds / steps
-        rows[direction] = dict(model=model_s / steps, **times)
+        with special_cost.count_reference_calls() as counts:  # an untimed replay, counting
+            timed(codecs["numpy"], lm, lambda: run(codecs["numpy"]), calls, 1)
+        per_latent = {f"{k}_per_latent": v / steps / x.size for k, v in counts.items()}
+        rows[direction] = dict(model=model_s / steps, **times, **per_latent)
     if device.type == "cuda":
         for direction, seconds in bench_cuda_coder(name, lm, precisions, start, x, steps).items():
             rows[direction]["cuda"] = seconds
@@ -192,6 +199,15 @@ def main() -> None:
             print(f"| {name} | {direction} | {1e3 * r['model']:.1f} | {1e3 * r['numpy']:.1f} | "
                   f"{1e3 * r['numba_1']:.1f} | {1e3 * r['numba_2']:.1f} | {r['numpy'] / r['numba_1']:.2f} | "
                   f"{r['numba_1'] / r['numba_2']:.2f} | {r['numba_2'] / r['model']:.3f} | {gpu} |", flush=True)
+    ns = special_cost.compiled_ns_per_call()
+    print(f"\nscipy's ndtr / ndtri called from compiled code (one thread): {ns['ndtr']:.1f} / {ns['ndtri']:.1f} ns "
+          "per call. Evaluations per latent per step made by the NumPy reference (the compiled path reuses some "
+          "values and makes fewer):")
+    print("| codec | direction | ndtr per latent | ndtri per latent |")
+    print("|---|---|---|---|")
+    for name, rows in results.items():
+        for direction, r in rows.items():
+            print(f"| {name} | {direction} | {r['ndtr_per_latent']:.2f} | {r['ndtri_per_latent']:.2f} |")
     layer = numba.threading_layer()
     spin = f" (GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')})" if layer == "omp" else ""
     print(f"numba threading layer: {layer}{spin}")
@@ -201,7 +217,7 @@ def main() -> None:
                     "respacing": args.respacing,
                     "steps": steps, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                     "cuda_threads": os.environ.get("BBD_CUDA_THREADS", "256"),
-                    "cuda_blocks": os.environ.get("BBD_CUDA_BLOCKS", "1")}
+                    "cuda_blocks": os.environ.get("BBD_CUDA_BLOCKS", "1"), "special_ns_per_call": ns}
         Path(args.json).write_text(json.dumps({"settings": settings, "seconds_per_step": results}, indent=1))
 
 
