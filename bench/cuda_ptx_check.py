@@ -1,7 +1,7 @@
 """Compile every kernel of the CUDA coder to PTX without a GPU: numba-cuda's typing and lowering and
 NVVM run, no driver is needed.
 
-    pip install numba-cuda nvidia-cuda-nvcc-cu12      # numba's CUDA target and NVVM
+    pip install numba-cuda nvidia-cuda-nvcc-cu12 nvidia-cuda-nvrtc-cu12   # numba's CUDA target, NVVM, NVRTC
     python bench/cuda_ptx_check.py [--cc 9.0]
 
 Why: the CUDA simulator (tests/cuda_sim) runs the kernels' Python, so it cannot see what only the
