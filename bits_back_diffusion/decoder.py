@@ -236,7 +236,7 @@ class DecodeInput:
     path: str
     files: List[str]
     headers: List[object]
-    messages: List[object]
+    messages: List[Optional[object]]  # None: another decode rank's file (see `open_input`)
 
     @property
     def header(self):
@@ -257,16 +257,30 @@ class DecodeInput:
         return [rank + i * world for i in range(int(self.headers[k].num_images))]
 
 
-def open_input(path: str, workers: int = 1) -> DecodeInput:
+def worker_files(files: int, rank: int, world: int) -> List[int]:
+    """The files decode rank `rank` of `world` takes: rank, rank + world, …"""
+    return list(range(rank, files, world))
+
+
+def open_input(path: str, workers: int = 1, rank: int = 0) -> DecodeInput:
     """Find, read and check the files of `input=`: every header field against bounds and the
-    payload, the rank set, and (before anything is read) that `workers` ranks can share them."""
+    payload, the rank set, and (before anything is read) that `workers` ranks can share them.
+
+    Every rank checks every file, so a damaged file is refused by all ranks before any decodes;
+    but rank `rank` keeps only the messages of its own files (`worker_files`), the others' are
+    None: W ranks hold one copy of the data between them, not W."""
     from .container import read_bbd
 
     files = find_inputs(path)
     check_workers(path, len(files), workers)
-    read = [(f, read_bbd(f)) for f in files]
-    check_rank_set([(f, h) for f, (h, _) in read], path)
-    return DecodeInput(path, files, [h for _, (h, _) in read], [m for _, (_, m) in read])
+    mine = set(worker_files(len(files), rank, workers))
+    headers, messages = [], []
+    for k, f in enumerate(files):
+        header, message = read_bbd(f)
+        headers.append(header)
+        messages.append(message if k in mine else None)
+    check_rank_set(list(zip(files, headers)), path)
+    return DecodeInput(path, files, headers, messages)
 
 
 @dataclass
@@ -278,6 +292,9 @@ class Decoder:
 
     def decode_files(self, which: Sequence[int], log: Log = print) -> Dict[int, np.ndarray]:
         """File k's images (coding order) for each k in `which`, in the encoder's thread count."""
+        missing = [self.input.files[k] for k in which if self.input.messages[k] is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)}: read by another decode rank (open_input's rank), not this one")
         with encoder_threads(self.input.header, self.device, log):
             return {k: decode_message(self.codec, self.input.headers[k], self.input.messages[k], self.input.files[k],
                                       log) for k in which}

@@ -27,7 +27,7 @@ from improved_diffusion.atomic_io import atomic_write
 
 from .decode_errors import DecodeError
 from .decoded_pngs import write_pngs
-from .decoder import open_input, pictures_of, prepare_decoder
+from .decoder import open_input, pictures_of, prepare_decoder, worker_files
 from .rank_results import wait_for_rank_results, write_rank_results
 
 EXCHANGE_DIR = ".decode-ranks"
@@ -46,11 +46,6 @@ class DecodeRequest:
     allow_device_mismatch: bool = False
 
 
-def worker_files(files: int, rank: int, world: int) -> List[int]:
-    """The files decode rank `rank` of `world` takes: rank, rank + world, …"""
-    return list(range(rank, files, world))
-
-
 def exchange_dir(output_dir: str) -> str:
     return os.path.join(output_dir, EXCHANGE_DIR)
 
@@ -66,7 +61,7 @@ def decode_to_dir(request: DecodeRequest, rank: int = 0, world: int = 1, log: Lo
     paths this rank wrote (rank 0: after every rank finished). The caller checked output_dir."""
     if world == 1:
         return _decode_all(request, log)
-    inp = open_input(request.input, world)  # a refusal here is every rank's: nothing is written
+    inp = open_input(request.input, world, rank)  # a refusal here is every rank's: nothing is written
     try:  # the device and checkpoint checks can fail on one node only (another GPU model, a missing file)
         decoder = prepare_decoder(inp, request.model_path, request.device, log, request.allow_device_mismatch)
         paths, tiles = _decode_share(request, inp, decoder, rank, world, log)

@@ -3,6 +3,7 @@ refusal of a rank count that does not divide the files (before anything is read)
 launcher, and the one decode loop every caller shares."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -10,7 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import craystack as cs
+
 from bits_back_diffusion import decode_cli, decoder, parallel_decode
+from bits_back_diffusion.container import BBDFormatError
 from bits_back_diffusion.parallel_decode import worker_files
 from helpers import REPO_ROOT, compose_cfg, run_script
 
@@ -59,6 +63,40 @@ def test_each_rank_takes_every_wth_file():
     decoder.check_workers("run", 6, 3)  # divides: accepted
     with pytest.raises(decoder.DecodeError, match="4 decode ranks cannot share the 6"):
         decoder.check_workers("run", 6, 4)
+
+
+def _rank_set(folder, ranks: int = 2):
+    """`ranks` rank files of one (pretend) run: the v3 fixture's header and message under each rank."""
+    from bits_back_diffusion.container import read_bbd, write_bbd
+
+    header, message = read_bbd(FIXTURE.with_name("digits3_v3.bbd"))
+    folder.mkdir()
+    for r in range(ranks):
+        write_bbd(str(folder / f"compressed.rank{r}.bbd"), dataclasses.replace(header, rank=r, world_size=ranks), message)
+    return message
+
+
+def test_a_decode_rank_keeps_only_its_own_files_messages(tmp_path):
+    """Every rank reads and checks every file, but holds the messages of its own share only."""
+    message = _rank_set(tmp_path / "run", ranks=4)
+    inp = decoder.open_input(str(tmp_path / "run"), workers=2, rank=1)
+    assert len(inp.headers) == 4 and [h.rank for h in inp.headers] == [0, 1, 2, 3]
+    assert [m is None for m in inp.messages] == [True, False, True, False]
+    assert all(cs.message_equal(inp.messages[k], message) for k in (1, 3))
+    whole = decoder.open_input(str(tmp_path / "run"))  # one rank: all of them
+    assert all(m is not None for m in whole.messages)
+    with pytest.raises(ValueError, match="compressed.rank0.bbd: read by another decode rank"):
+        decoder.Decoder(inp, codec=None, device=None).decode_files([0, 1])
+
+
+def test_a_damaged_file_of_another_rank_is_refused_by_every_rank(tmp_path):
+    _rank_set(tmp_path / "run", ranks=2)
+    damaged = tmp_path / "run" / "compressed.rank0.bbd"
+    blob = bytearray(damaged.read_bytes())
+    blob[-1] ^= 0xFF
+    damaged.write_bytes(bytes(blob))
+    with pytest.raises(BBDFormatError, match="compressed.rank0.bbd: the payload is corrupted"):
+        decoder.open_input(str(tmp_path / "run"), workers=2, rank=1)
 
 
 def test_unknown_settings_are_refused_by_name(capsys):
