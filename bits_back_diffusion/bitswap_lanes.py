@@ -150,6 +150,21 @@ def _touch(edges, i):
     return edges[i] + edges[i + 1]
 
 
+@compiled(inline="always")
+def _push_sub_bins(lane, p, count, symbols, seen, edges_f, bounds, mu, sd, nc, fine_bits, c, z0, r0, z1, r1):
+    """A push's sub-bin setup for coarse bin c, clamped into the table (the coarse level checks c
+    itself): (base, upper, ref, mass, flat). Also reads ahead the fine-table entries of the lane
+    _AHEAD further on (`_touch`)."""
+    if lane + _AHEAD < count:
+        t = symbols[p + _AHEAD]
+        seen[lane] = _touch(edges_f, (min(max(t >> fine_bits, 0), nc - 1) << fine_bits) + (t & ((1 << fine_bits) - 1)))
+    cc = min(max(c, 0), nc - 1)
+    if cc != c:
+        z0 = z1 = _NAN
+    upper, ref, mass, flat = sub_bin_setup(bounds, mu[p], sd[p], cc, z0, r0, z1, r1)
+    return cc << fine_bits, upper, ref, mass, flat
+
+
 # --- one lane of each pass ----------------------------------------------------------------------------
 
 @compiled(inline="always")
@@ -220,14 +235,8 @@ def q_push_lane(lane, p, count, head, mu, sd, edges_c, edges_f, bounds, prec, fi
     start_c, z0, r0 = _ucum_std(c, edges_c, mu[p], sd[p], nc, total_f, total)
     end_c, z1, r1 = _ucum_std(c + 1, edges_c, mu[p], sd[p], nc, total_f, total)
     if fine_bits:
-        if lane + _AHEAD < count:
-            t = symbols[p + _AHEAD]
-            seen[lane] = _touch(edges_f, (min(max(t >> fine_bits, 0), nc - 1) << fine_bits) + (t & (nf - 1)))
-        cc = min(max(c, 0), nc - 1)
-        base = cc << fine_bits
-        if cc != c:
-            z0 = z1 = _NAN
-        upper, ref, mass, flat = sub_bin_setup(bounds, mu[p], sd[p], cc, z0, r0, z1, r1)
+        base, upper, ref, mass, flat = _push_sub_bins(lane, p, count, symbols, seen, edges_f, bounds, mu, sd, nc,
+                                                      fine_bits, c, z0, r0, z1, r1)
         f = s & (nf - 1)
         start = _ucum(KIND_SUB_BINS, f, edges_f, mu[p], sd[p], nf, base, upper, ref, mass, flat, total_f, total)
         end = _ucum(KIND_SUB_BINS, f + 1, edges_f, mu[p], sd[p], nf, base, upper, ref, mass, flat, total_f, total)
@@ -276,14 +285,8 @@ def p_push_lane(lane, p, count, head, mu, sd, edges_c, edges_f, bounds, prec, fi
     if st_c == 0 and not end_c > start_c:
         st_c = STATUS_NOT_INCREASING
     if fine_bits:
-        if lane + _AHEAD < count:
-            t = symbols[p + _AHEAD]
-            seen[lane] = _touch(edges_f, (min(max(t >> fine_bits, 0), nc - 1) << fine_bits) + (t & (nf - 1)))
-        cc = min(max(c, 0), nc - 1)
-        base = cc << fine_bits
-        if cc != c:
-            z0 = z1 = _NAN
-        upper, ref, mass, flat = sub_bin_setup(bounds, mu[p], sd[p], cc, z0, r0, z1, r1)
+        base, upper, ref, mass, flat = _push_sub_bins(lane, p, count, symbols, seen, edges_f, bounds, mu, sd, nc,
+                                                      fine_bits, c, z0, r0, z1, r1)
         start, end, st = quantized_interval(KIND_SUB_BINS, s & (nf - 1), edges_f, mu[p], sd[p], 0.0, 0.0, nf,
                                             _EPS_BITSWAP, denom_f, base, upper, ref, mass, flat, k_f, total)
         if st:

@@ -36,9 +36,9 @@ from numba import cuda
 
 import craystack as cs
 from craystack.compiled import cuda_phases
-from craystack.compiled.cuda_message import (COMPILE_KEY, THREADS, DeviceMessage, block_first_error, block_pop_flagged,
-                                             block_push_flagged, sync_all, to_device_array)
-from craystack.compiled.cuda_phases import launch, report_error
+from craystack.compiled.cuda_message import (COMPILE_KEY, THREADS, DeviceMessage, block_first_error, block_push_flagged,
+                                             sync_all, to_device_array)
+from craystack.compiled.cuda_phases import group_failed, launch, refill_failed, report_error
 from craystack.compiled.kernels import cuda_kernel
 
 from .bitswap_lanes import (p_pop_coarse_lane, p_pop_fine_lane, p_push_lane, q_pop_coarse_lane, q_pop_fine_lane,
@@ -59,9 +59,7 @@ def _q_pop_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bou
             q_pop_coarse_lane(lane, off + lane, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
                               salt_f, flags, coarse, guess, s_ref, s_mass, s_upper, s_flat)
         sync_all()
-        if block_pop_flagged(head, flags, count, buf, meta, shared, sums):
-            if cuda.grid(1) == 0:
-                result[0] = -1
+        if refill_failed(head, flags, count, buf, meta, shared, sums, result):
             return
         for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
             if fine_bits == 0:
@@ -70,9 +68,7 @@ def _q_pop_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bou
                 q_pop_fine_lane(lane, off + lane, count, head, mu, sd, edges_f, prec, fine_bits, keyed, salt_f, out,
                                 flags, coarse, guess, seen, s_ref, s_mass, s_upper, s_flat)
         sync_all()
-        if fine_bits and block_pop_flagged(head, flags, count, buf, meta, shared, sums):
-            if cuda.grid(1) == 0:
-                result[0] = -1
+        if fine_bits and refill_failed(head, flags, count, buf, meta, shared, sums, result):
             return
 
 
@@ -87,9 +83,7 @@ def _q_push_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bo
             q_push_lane(lane, off + lane, count, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
                         salt_f, symbols, words, flags, words2, flags2, stat, seen)
         sync_all()
-        first = block_first_error(stat, count, 0, shared, sums)
-        if first < count:
-            report_error(stat, first, off, result)
+        if group_failed(stat, count, off, shared, sums, result):
             return
         block_push_flagged(words, flags, count, buf, meta, shared, sums)
         block_push_flagged(words2, flags2, count, buf, meta, shared, sums)
@@ -107,10 +101,10 @@ def _p_push_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bo
                         words, flags, words2, flags2, stat, seen)
         sync_all()
         first = block_first_error(stat, count, 8, shared, sums)  # a sub-bin error first, as the reference
-        if first == count:
-            first = block_first_error(stat, count, 0, shared, sums)
         if first < count:
             report_error(stat, first, off, result)
+            return
+        if group_failed(stat, count, off, shared, sums, result):
             return
         block_push_flagged(words, flags, count, buf, meta, shared, sums)
         block_push_flagged(words2, flags2, count, buf, meta, shared, sums)
@@ -127,13 +121,9 @@ def _p_pop_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bou
             p_pop_coarse_lane(lane, off + lane, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, flags, coarse,
                               stat, guess, s_ref, s_mass, s_upper, s_flat)
         sync_all()
-        first = block_first_error(stat, count, 0, shared, sums)
-        if first < count:
-            report_error(stat, first, off, result)
+        if group_failed(stat, count, off, shared, sums, result):
             return
-        if block_pop_flagged(head, flags, count, buf, meta, shared, sums):
-            if cuda.grid(1) == 0:
-                result[0] = -1
+        if refill_failed(head, flags, count, buf, meta, shared, sums, result):
             return
         for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
             if fine_bits == 0:
@@ -143,13 +133,9 @@ def _p_pop_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bou
                                 stat, guess, seen, s_ref, s_mass, s_upper, s_flat)
         sync_all()
         if fine_bits:
-            first = block_first_error(stat, count, 0, shared, sums)
-            if first < count:
-                report_error(stat, first, off, result)
+            if group_failed(stat, count, off, shared, sums, result):
                 return
-            if block_pop_flagged(head, flags, count, buf, meta, shared, sums):
-                if cuda.grid(1) == 0:
-                    result[0] = -1
+            if refill_failed(head, flags, count, buf, meta, shared, sums, result):
                 return
 
 

@@ -29,11 +29,11 @@ import numpy as np
 from numba import cuda
 
 from .. import rans
-from .message import (BASE, BORROWED, ERROR, ERROR_PREFETCH, LOW, NEW_WARNING, TOP, WARNED, CompiledMessage,
-                      generator_word)
+from .message import (BASE, BORROWED, ERROR, ERROR_PREFETCH, NEW_WARNING, TOP, CompiledMessage, settle_pop,
+                      settle_push, tail_word)
 
-__all__ = ["THREADS", "BLOCKS", "GRID", "COMPILE_KEY", "DeviceMessage", "block_push_flagged", "block_pop_flagged", "block_first_error",
-           "sync_all", "to_device_array"]
+__all__ = ["THREADS", "BLOCKS", "GRID", "COMPILE_KEY", "DeviceMessage", "block_push_flagged", "block_pop_flagged",
+           "block_first_error", "sync_all", "to_device_array"]
 
 
 def _threads() -> int:
@@ -121,23 +121,25 @@ def _exclusive_scan(value, shared, sums):
 
 
 @cuda.jit(device=True)
-def _run(count):
-    """This thread's contiguous run of lanes [lo, hi) for the ordered scans."""
+def _flagged_run(flags, count):
+    """This thread's contiguous run of lanes [lo, hi) for the ordered scans, and how many of its
+    lanes are flagged."""
     threads = cuda.gridsize(1)
     chunk = (count + threads - 1) // threads
     lo = min(cuda.grid(1) * chunk, count)
-    return lo, min(lo + chunk, count)
+    hi = min(lo + chunk, count)
+    flagged = 0
+    for lane in range(lo, hi):
+        if flags[lane]:
+            flagged += 1
+    return lo, hi, flagged
 
 
 @cuda.jit(device=True)
 def block_push_flagged(words, flags, count, buf, meta, shared, sums):
     """`message.push_flagged` by the whole launch: the flagged lanes' words onto the tail in lane
     order (every thread calls it)."""
-    lo, hi = _run(count)
-    mine = 0
-    for lane in range(lo, hi):
-        if flags[lane]:
-            mine += 1
+    lo, hi, mine = _flagged_run(flags, count)
     before, total = _exclusive_scan(mine, shared, sums)
     top = meta[TOP]
     at = top + before
@@ -147,17 +149,7 @@ def block_push_flagged(words, flags, count, buf, meta, shared, sums):
             at += 1
     sync_all()
     if cuda.grid(1) == 0 and total > 0:
-        skip = 0
-        borrowed = meta[BORROWED]
-        if meta[BASE] + top == 0 and borrowed > 0:
-            m = min(total, borrowed)
-            while skip < m and np.uint64(buf[skip]) == generator_word(np.uint64(borrowed - 1 - skip)):
-                skip += 1
-            if skip:
-                for i in range(total - skip):
-                    buf[i] = buf[i + skip]
-                meta[BORROWED] = borrowed - skip
-        meta[TOP] = top + total - skip
+        settle_push(buf, meta, top, total)
     sync_all()
 
 
@@ -165,11 +157,7 @@ def block_push_flagged(words, flags, count, buf, meta, shared, sums):
 def block_pop_flagged(head, flags, count, buf, meta, shared, sums):
     """`message.pop_flagged` by the whole launch: each flagged lane, in lane order, gets the next
     popped word; returns the same error code (0: none) in every thread."""
-    lo, hi = _run(count)
-    mine = 0
-    for lane in range(lo, hi):
-        if flags[lane]:
-            mine += 1
+    lo, hi, mine = _flagged_run(flags, count)
     before, n = _exclusive_scan(mine, shared, sums)
     if n == 0:
         return 0
@@ -185,25 +173,11 @@ def block_pop_flagged(head, flags, count, buf, meta, shared, sums):
     i = before
     for lane in range(lo, hi):
         if flags[lane]:
-            p = top - n + i
-            if p >= 0:
-                word = np.uint64(buf[p])
-            else:
-                word = generator_word(np.uint64(borrowed - p - 1))
-            head[lane] = (head[lane] << _U32) | word
+            head[lane] = (head[lane] << _U32) | tail_word(buf, top - n + i, borrowed)
             i += 1
     sync_all()
     if cuda.grid(1) == 0:
-        if n > top:
-            meta[BORROWED] = borrowed + (n - top)
-            top = 0
-            if meta[WARNED] == 0:
-                meta[WARNED] = 1
-                meta[NEW_WARNING] = 1
-        else:
-            top -= n
-        meta[TOP] = top
-        meta[LOW] = min(meta[LOW], base + top)
+        settle_pop(meta, top, n, base, borrowed)
     sync_all()
     return 0
 

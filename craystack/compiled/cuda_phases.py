@@ -15,12 +15,13 @@ import numpy as np
 from numba import cuda
 
 from . import cuda_special  # noqa: F401  (the GPU special functions)
-from .cuda_message import BLOCKS, COMPILE_KEY, GRID, THREADS, block_first_error, block_pop_flagged, block_push_flagged, sync_all
+from .cuda_message import (BLOCKS, COMPILE_KEY, GRID, THREADS, block_first_error, block_pop_flagged, block_push_flagged,
+                           sync_all)
 from .kernels import cuda_kernel
-from .phases import EPS, quantized_pop_lane, quantized_push_lane, uniform_pop_lane, uniform_push_lane
+from .phases import quantized_constants, quantized_pop_lane, quantized_push_lane, uniform_pop_lane, uniform_push_lane
 
 __all__ = ["quantized_push_groups", "quantized_pop_groups", "uniform_push_groups", "uniform_pop_groups",
-           "launch", "report_error"]
+           "launch", "report_error", "group_failed", "refill_failed"]
 
 
 @cuda.jit(device=True)
@@ -30,6 +31,27 @@ def report_error(stat, first, off, result):
     if cuda.grid(1) == 0:
         result[0] = stat[first]
         result[1] = off + first
+
+
+@cuda.jit(device=True)
+def group_failed(stat, count, off, shared, sums, result):
+    """Whether a lane of the group at `off` failed (`phases.first_status`); the first one is
+    reported. The same answer in every thread, so the kernel returns as a whole."""
+    first = block_first_error(stat, count, 0, shared, sums)
+    if first < count:
+        report_error(stat, first, off, result)
+        return True
+    return False
+
+
+@cuda.jit(device=True)
+def refill_failed(head, flags, count, buf, meta, shared, sums, result):
+    """`block_pop_flagged`, recording its failure as status -1 (the CPU kernels' return value)."""
+    if block_pop_flagged(head, flags, count, buf, meta, shared, sums):
+        if cuda.grid(1) == 0:
+            result[0] = -1
+        return True
+    return False
 
 
 def _quiet_about_occupancy() -> None:
@@ -78,8 +100,7 @@ def _quantized_push(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, 
                     stat, sums, result):
     shared = cuda.shared.array(THREADS, np.int64)
     total = np.uint64(1) << np.uint64(prec)
-    k = float((1 << prec) - n)
-    denom = 1.0 + n * EPS
+    k, denom, _, _ = quantized_constants(n, prec)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
@@ -87,9 +108,7 @@ def _quantized_push(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, 
             quantized_push_lane(lane, off + lane, head, kind, edges, mu, sd, a, b, n, prec, k, total, denom, symbols,
                                 words, flags, stat)
         sync_all()
-        first = block_first_error(stat, count, 0, shared, sums)
-        if first < count:
-            report_error(stat, first, off, result)
+        if group_failed(stat, count, off, shared, sums, result):
             return
         block_push_flagged(words, flags, count, buf, meta, shared, sums)
 
@@ -99,10 +118,7 @@ def _quantized_pop(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, n
                    result):
     shared = cuda.shared.array(THREADS, np.int64)
     total = np.uint64(1) << np.uint64(prec)
-    k = float((1 << prec) - n)
-    denom = 1.0 + n * EPS
-    ratio = n / float(total)
-    inv_k = 1.0 / k
+    k, denom, ratio, inv_k = quantized_constants(n, prec)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
@@ -110,13 +126,9 @@ def _quantized_pop(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, n
             quantized_pop_lane(lane, off + lane, head, kind, edges, mu, sd, a, b, n, prec, k, total, denom, ratio,
                                inv_k, rounds, out, flags, stat)
         sync_all()
-        first = block_first_error(stat, count, 0, shared, sums)
-        if first < count:
-            report_error(stat, first, off, result)
+        if group_failed(stat, count, off, shared, sums, result):
             return
-        if block_pop_flagged(head, flags, count, buf, meta, shared, sums):
-            if cuda.grid(1) == 0:
-                result[0] = -1
+        if refill_failed(head, flags, count, buf, meta, shared, sums, result):
             return
 
 
@@ -141,9 +153,7 @@ def _uniform_pop(head, buf, meta, offsets, lanes, prec, out, flags, sums, result
         for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
             uniform_pop_lane(lane, off + lane, head, prec, out, flags)
         sync_all()
-        if block_pop_flagged(head, flags, count, buf, meta, shared, sums):
-            if cuda.grid(1) == 0:
-                result[0] = -1
+        if refill_failed(head, flags, count, buf, meta, shared, sums, result):
             return
 
 

@@ -24,7 +24,8 @@ import numpy as np
 from .. import rans
 from .kernels import compiled
 
-__all__ = ["CompiledMessage", "push_flagged", "pop_flagged", "generator_word", "push_renorm", "push_state",
+__all__ = ["CompiledMessage", "push_flagged", "pop_flagged", "settle_push", "settle_pop", "tail_word",
+           "generator_word", "push_renorm", "push_state",
            "pop_state", "mix32", "HEAD_MIN", "TOP", "BASE", "BORROWED", "LOW", "WARNED", "NEW_WARNING", "ERROR",
            "ERROR_PREFETCH"]
 
@@ -96,6 +97,49 @@ def pop_state(x, cf, start, freq, prec):
     return (x >> np.uint64(prec)) * freq + cf - start
 
 
+# --- the tail's bookkeeping, shared by these sequential scans and the CUDA ones (cuda_message) -------
+
+@compiled(inline="always")
+def settle_push(buf, meta, top, count):
+    """After a push wrote `count` words at buf[top:]: give back the generator words a push onto an
+    empty tail repeats (the most recently borrowed first), and move the top."""
+    skip = 0
+    borrowed = meta[BORROWED]
+    if meta[BASE] + top == 0 and borrowed > 0:
+        m = min(count, borrowed)
+        while skip < m and np.uint64(buf[skip]) == generator_word(np.uint64(borrowed - 1 - skip)):
+            skip += 1
+        if skip:
+            for i in range(count - skip):
+                buf[i] = buf[i + skip]
+            meta[BORROWED] = borrowed - skip
+    meta[TOP] = top + count - skip
+
+
+@compiled(inline="always")
+def tail_word(buf, p, borrowed):
+    """The word at tail position p of a pop; below the bottom (p < 0), the generator word it borrows."""
+    if p >= 0:
+        return np.uint64(buf[p])
+    return generator_word(np.uint64(borrowed - p - 1))
+
+
+@compiled(inline="always")
+def settle_pop(meta, top, n, base, borrowed):
+    """After a pop of n words from a tail whose top was `top`: the words borrowed below its
+    bottom (with the one-time warning), the new top and the low-water mark."""
+    if n > top:
+        meta[BORROWED] = borrowed + (n - top)
+        top = 0
+        if meta[WARNED] == 0:
+            meta[WARNED] = 1
+            meta[NEW_WARNING] = 1
+    else:
+        top -= n
+    meta[TOP] = top
+    meta[LOW] = min(meta[LOW], base + top)
+
+
 @compiled
 def push_flagged(words, flags, lanes, buf, meta):
     """Move words[l] of every flagged lane l < lanes, in lane order, onto the tail (one
@@ -108,17 +152,7 @@ def push_flagged(words, flags, lanes, buf, meta):
             count += 1
     if count == 0:
         return
-    skip = 0
-    borrowed = meta[BORROWED]
-    if meta[BASE] + top == 0 and borrowed > 0:
-        m = min(count, borrowed)
-        while skip < m and np.uint64(buf[skip]) == generator_word(np.uint64(borrowed - 1 - skip)):
-            skip += 1
-        if skip:
-            for i in range(count - skip):
-                buf[i] = buf[i + skip]
-            meta[BORROWED] = borrowed - skip
-    meta[TOP] = top + count - skip
+    settle_push(buf, meta, top, count)
 
 
 @compiled
@@ -140,23 +174,9 @@ def pop_flagged(head, flags, lanes, buf, meta) -> int:
     i = 0
     for lane in range(lanes):
         if flags[lane]:
-            p = top - n + i
-            if p >= 0:
-                word = np.uint64(buf[p])
-            else:
-                word = generator_word(np.uint64(borrowed - p - 1))
-            head[lane] = (head[lane] << _U32) | word
+            head[lane] = (head[lane] << _U32) | tail_word(buf, top - n + i, borrowed)
             i += 1
-    if n > top:
-        meta[BORROWED] = borrowed + (n - top)
-        top = 0
-        if meta[WARNED] == 0:
-            meta[WARNED] = 1
-            meta[NEW_WARNING] = 1
-    else:
-        top -= n
-    meta[TOP] = top
-    meta[LOW] = min(meta[LOW], base + top)
+    settle_pop(meta, top, n, base, borrowed)
     return 0
 
 

@@ -23,7 +23,8 @@ from .message import (HEAD_MIN, pop_flagged, pop_state, push_flagged, push_inter
                       push_state)
 
 __all__ = ["quantized_push_groups", "quantized_pop_groups", "uniform_push_groups", "uniform_pop_groups",
-           "first_status", "quantized_push_lane", "quantized_pop_lane", "uniform_push_lane", "uniform_pop_lane"]
+           "first_status", "quantized_constants", "quantized_push_lane", "quantized_pop_lane", "uniform_push_lane",
+           "uniform_pop_lane"]
 
 EPS = 2.0 ** -44  # craystack.gaussian._EPS
 
@@ -38,6 +39,16 @@ def first_status(stat, lanes, offset):
 
 
 # --- one lane's work, shared by these threaded kernels and the CUDA ones (cuda_phases) -------------
+
+@compiled(inline="always")
+def quantized_constants(n, prec):
+    """A phase's float constants of craystack's quantized codec with n symbols out of 2**prec, as
+    its NumPy code computes them: (2**prec - n, the mixed CDF's denominator, n / 2**prec,
+    1 / (2**prec - n)). Only floats: the CUDA simulator calls this from Python, where a returned
+    uint64 would come back as a Python int."""
+    k = float((1 << prec) - n)
+    return k, 1.0 + n * EPS, n / float(np.uint64(1) << np.uint64(prec)), 1.0 / k
+
 
 @compiled(inline="always")
 def quantized_push_lane(lane, p, head, kind, edges, mu, sd, a, b, n, prec, k, total, denom, symbols, words, flags,
@@ -98,8 +109,7 @@ def quantized_push_groups(head, buf, meta, offsets, lanes, kind, edges, mu, sd, 
     """Push symbols[offsets[g] + l] on lane l of each group g with craystack's quantized codec
     of `kind` (cdfs.KIND_*; per-lane parameters mu, sd, a, b)."""
     total = np.uint64(1) << np.uint64(prec)
-    k = float((1 << prec) - n)
-    denom = 1.0 + n * EPS
+    k, denom, _, _ = quantized_constants(n, prec)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
@@ -119,10 +129,7 @@ def quantized_pop_groups(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a
     """Pop one symbol per lane of each group into out[offsets[g] + l] (craystack's decoder with
     its guess, `rounds` guess rounds)."""
     total = np.uint64(1) << np.uint64(prec)
-    k = float((1 << prec) - n)
-    denom = 1.0 + n * EPS
-    ratio = n / float(total)
-    inv_k = 1.0 / k
+    k, denom, ratio, inv_k = quantized_constants(n, prec)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
