@@ -25,7 +25,7 @@ _ARRAYS = {
     types.uint64: ("head", "words", "words2"),
     types.uint32: ("buf",),
     types.int64: ("meta", "offsets", "lanes", "symbols", "out", "coarse", "guess", "stat", "sums", "result"),
-    types.float64: ("mu", "sd", "a", "b", "edges", "edges_c", "edges_f", "bounds", "seen", "s_ref", "s_mass"),
+    types.float64: ("mu", "sd", "a", "b", "edges", "edges_c", "edges_f", "bounds", "s_ref", "s_mass"),
     types.boolean: ("flags", "flags2", "s_upper", "s_flat"),
 }
 _SCALARS = {"kind": types.int64, "n": types.int64, "prec": types.int64, "fine_bits": types.int64,

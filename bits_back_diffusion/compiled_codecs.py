@@ -40,10 +40,11 @@ Design, and why:
   (NumPy arrays, the threaded CPU kernels here) or `cuda_codecs.CudaCoder` (device arrays, CUDA
   kernels running the same per-lane functions: `bitswap_lanes`, `craystack.compiled.phases`).
   `coders.choose_coder` picks one per codec and device; a file records which.
-* Memory: Bit-Swap's fine bin table (2**20 doubles) does not fit in cache; each lane reads its
-  entries a few lanes ahead (`_touch`) so that the reads overlap with CDF work instead of
-  stalling it. Per group a pop is two parallel passes (coarse bin plus, where no refill is
-  needed, the sub-bin's guess; then the sub-bin) with a word scan after each; a push is one.
+* Memory: Bit-Swap's fine bin table (2**20 doubles) does not fit in cache; each lane prefetches
+  the entries of the lane a few lanes ahead (`bitswap_lanes._prefetch_bin`, a prefetch
+  instruction that does not stall, unlike an early read) so that they arrive during CDF work.
+  Per group a pop is two parallel passes (coarse bin plus, where no refill is needed, the
+  sub-bin's guess; then the sub-bin) with a word scan after each; a push is one.
 * One lane's work is an inline function (`bitswap_lanes`, `phases.*_lane`) that both the CPU and
   the CUDA kernels loop over, so the two builds cannot drift apart.
 * Threads: a Bit-Swap step starts about three parallel regions per lane group (48 at batch 16).
@@ -112,7 +113,6 @@ class _Scratch:
         self.stat = np.zeros(width, dtype=np.int64)
         self.coarse = np.zeros(width, dtype=np.int64)
         self.guess = np.zeros(width, dtype=np.int64)
-        self.seen = np.zeros(width, dtype=np.float64)
         self.ref = np.zeros(width, dtype=np.float64)
         self.mass = np.zeros(width, dtype=np.float64)
         self.upper = np.zeros(width, dtype=np.bool_)
@@ -121,7 +121,7 @@ class _Scratch:
 
 @lane_kernel
 def _q_pop(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
-           salt_f, out, flags, coarse, guess, seen, s_ref, s_mass, s_upper, s_flat):
+           salt_f, out, flags, coarse, guess, s_ref, s_mass, s_upper, s_flat):
     """Pop z_t from q(z_t | z_{t-1}) (bitswap.sampled_latent_codec) on every lane group: per
     group one pass for the coarse bin (and, where the lane needs no refill, the sub-bin's
     guess), the refill scan, one pass for the sub-bin, the refill scan."""
@@ -139,7 +139,7 @@ def _q_pop(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, pr
             continue
         for lane in prange(count):
             q_pop_fine_lane(lane, off + lane, count, head, mu, sd, edges_f, prec, fine_bits, keyed, salt_f, out, flags,
-                            coarse, guess, seen, s_ref, s_mass, s_upper, s_flat)
+                            coarse, guess, s_ref, s_mass, s_upper, s_flat)
         if pop_flagged(head, flags, count, buf, meta):
             return -1
     return 0
@@ -147,14 +147,14 @@ def _q_pop(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, pr
 
 @lane_kernel
 def _q_push(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
-            salt_f, symbols, words, flags, words2, flags2, stat, seen):
+            salt_f, symbols, words, flags, words2, flags2, stat):
     """Push z_t back with q (decode): the sub-bin, then the coarse bin, on every lane group."""
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
         for lane in prange(count):
             q_push_lane(lane, off + lane, count, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
-                        salt_f, symbols, words, flags, words2, flags2, stat, seen)
+                        salt_f, symbols, words, flags, words2, flags2, stat)
         status, where = first_status(stat, count, off)
         if status:
             return status, where
@@ -167,7 +167,7 @@ def _q_push(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, p
 
 @lane_kernel
 def _p_push(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, symbols, words,
-            flags, words2, flags2, stat, seen):
+            flags, words2, flags2, stat):
     """Push z_{t-1} with p(z_{t-1} | z_t) on every lane group: the sub-bin (bitswap sub-bins),
     then the coarse bin (DiagGaussian_StdBins)."""
     for g in range(offsets.size):
@@ -175,7 +175,7 @@ def _p_push(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, p
         count = lanes[g]
         for lane in prange(count):
             p_push_lane(lane, off + lane, count, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, symbols,
-                        words, flags, words2, flags2, stat, seen)
+                        words, flags, words2, flags2, stat)
         status, where = _first_error(stat, count, off)
         if status:
             return status, where
@@ -186,7 +186,7 @@ def _p_push(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, p
 
 @lane_kernel
 def _p_pop(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, out, flags, coarse,
-           stat, guess, seen, s_ref, s_mass, s_upper, s_flat):
+           stat, guess, s_ref, s_mass, s_upper, s_flat):
     """Pop z_{t-1} with p(z_{t-1} | z_t) on every lane group (decode): coarse bin, then sub-bin,
     in two passes per group as in `_q_pop`."""
     for g in range(offsets.size):
@@ -206,7 +206,7 @@ def _p_pop(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, pr
             continue
         for lane in prange(count):
             p_pop_fine_lane(lane, off + lane, count, head, mu, sd, edges_f, prec, fine_bits, out, flags, coarse, stat,
-                            guess, seen, s_ref, s_mass, s_upper, s_flat)
+                            guess, s_ref, s_mass, s_upper, s_flat)
         status, where = first_status(stat, count, off)
         if status:
             return status, where
@@ -402,7 +402,7 @@ def bitswap_encode(codec, message: cs.Message, x_levels: np.ndarray, coder: Host
         keyed, salt_c, salt_f = _keys(codec, t)
         status = coder.q_pop(head, state_buf(coder, state), meta, groups.offsets, groups.lanes, mean, std,
                              tables.edges_c, tables.edges_f, tables.bounds, tables.prec, tables.fine_bits, keyed, salt_c,
-                             salt_f, idx, sc.flags, sc.coarse, sc.guess, sc.seen, sc.ref, sc.mass, sc.upper, sc.flat)
+                             salt_f, idx, sc.flags, sc.coarse, sc.guess, sc.ref, sc.mass, sc.upper, sc.flat)
         _raise_status(status, "bitswap q")
         state.check("bitswap")
         z = coder.latent(codec, idx, shape)
@@ -419,7 +419,7 @@ def bitswap_encode(codec, message: cs.Message, x_levels: np.ndarray, coder: Host
             mean, std = coder.gaussian(reverse, groups, shape, "DiagGaussian_StdBins")
             status, _ = coder.p_push(head, state_buf(coder, state), meta, groups.offsets, groups.lanes, mean, std,
                                      tables.edges_c, tables.edges_f, tables.bounds, tables.prec, tables.fine_bits,
-                                     idx_prev, sc.words, sc.flags, sc.words2, sc.flags2, sc.stat, sc.seen)
+                                     idx_prev, sc.words, sc.flags, sc.words2, sc.flags2, sc.stat)
             _raise_status(status, "DiagGaussian_StdBins")
         if tracking:
             pop_bits[t] = before - middle
@@ -478,7 +478,7 @@ def bitswap_decode(codec, message: cs.Message, batch: int, coder: HostCoder = HO
             idx_prev = coder.symbols(groups.count)
             status, _ = coder.p_pop(head, state_buf(coder, state), meta, groups.offsets, groups.lanes, mean, std,
                                     tables.edges_c, tables.edges_f, tables.bounds, tables.prec, tables.fine_bits,
-                                    idx_prev, sc.flags, sc.coarse, sc.stat, sc.guess, sc.seen, sc.ref, sc.mass,
+                                    idx_prev, sc.flags, sc.coarse, sc.stat, sc.guess, sc.ref, sc.mass,
                                     sc.upper, sc.flat)
             _raise_status(status, "DiagGaussian_StdBins")
             z_prev = coder.latent(codec, idx_prev, shape)
@@ -488,7 +488,7 @@ def bitswap_decode(codec, message: cs.Message, batch: int, coder: HostCoder = HO
         state.reserve(0, 2 * groups.count)
         status, _ = coder.q_push(head, state_buf(coder, state), meta, groups.offsets, groups.lanes, mean, std,
                                  tables.edges_c, tables.edges_f, tables.bounds, tables.prec, tables.fine_bits, keyed,
-                                 salt_c, salt_f, idx, sc.words, sc.flags, sc.words2, sc.flags2, sc.stat, sc.seen)
+                                 salt_c, salt_f, idx, sc.words, sc.flags, sc.words2, sc.flags2, sc.stat)
         _raise_status(status, "bitswap q")
         idx = idx_prev
     return state.to_message(), coder.to_host(x_levels).reshape(shape)

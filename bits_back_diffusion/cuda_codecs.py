@@ -50,7 +50,7 @@ __all__ = ["CudaCoder"]
 
 @cuda_kernel(salt=COMPILE_KEY)
 def _q_pop_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
-                  salt_f, out, flags, coarse, guess, seen, s_ref, s_mass, s_upper, s_flat, sums, result):
+                  salt_f, out, flags, coarse, guess, s_ref, s_mass, s_upper, s_flat, sums, result):
     shared = cuda.shared.array(THREADS, np.int64)
     for g in range(offsets.size):
         off = offsets[g]
@@ -66,7 +66,7 @@ def _q_pop_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bou
                 out[off + lane] = coarse[lane]
             else:
                 q_pop_fine_lane(lane, off + lane, count, head, mu, sd, edges_f, prec, fine_bits, keyed, salt_f, out,
-                                flags, coarse, guess, seen, s_ref, s_mass, s_upper, s_flat)
+                                flags, coarse, guess, s_ref, s_mass, s_upper, s_flat)
         sync_all()
         if fine_bits and refill_failed(head, flags, count, buf, meta, shared, sums, result):
             return
@@ -74,14 +74,14 @@ def _q_pop_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bou
 
 @cuda_kernel(salt=COMPILE_KEY)
 def _q_push_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
-                   salt_f, symbols, words, flags, words2, flags2, stat, seen, sums, result):
+                   salt_f, symbols, words, flags, words2, flags2, stat, sums, result):
     shared = cuda.shared.array(THREADS, np.int64)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
         for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
             q_push_lane(lane, off + lane, count, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
-                        salt_f, symbols, words, flags, words2, flags2, stat, seen)
+                        salt_f, symbols, words, flags, words2, flags2, stat)
         sync_all()
         if group_failed(stat, count, off, shared, sums, result):
             return
@@ -91,14 +91,14 @@ def _q_push_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bo
 
 @cuda_kernel(salt=COMPILE_KEY)
 def _p_push_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, symbols, words,
-                   flags, words2, flags2, stat, seen, sums, result):
+                   flags, words2, flags2, stat, sums, result):
     shared = cuda.shared.array(THREADS, np.int64)
     for g in range(offsets.size):
         off = offsets[g]
         count = lanes[g]
         for lane in range(cuda.grid(1), count, cuda.gridsize(1)):
             p_push_lane(lane, off + lane, count, head, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, symbols,
-                        words, flags, words2, flags2, stat, seen)
+                        words, flags, words2, flags2, stat)
         sync_all()
         first = block_first_error(stat, count, 8, shared, sums)  # a sub-bin error first, as the reference
         if first < count:
@@ -112,7 +112,7 @@ def _p_push_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bo
 
 @cuda_kernel(salt=COMPILE_KEY)
 def _p_pop_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, out, flags,
-                  coarse, stat, guess, seen, s_ref, s_mass, s_upper, s_flat, sums, result):
+                  coarse, stat, guess, s_ref, s_mass, s_upper, s_flat, sums, result):
     shared = cuda.shared.array(THREADS, np.int64)
     for g in range(offsets.size):
         off = offsets[g]
@@ -130,7 +130,7 @@ def _p_pop_kernel(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bou
                 out[off + lane] = coarse[lane]
             else:
                 p_pop_fine_lane(lane, off + lane, count, head, mu, sd, edges_f, prec, fine_bits, out, flags, coarse,
-                                stat, guess, seen, s_ref, s_mass, s_upper, s_flat)
+                                stat, guess, s_ref, s_mass, s_upper, s_flat)
         sync_all()
         if fine_bits:
             if group_failed(stat, count, off, shared, sums, result):
