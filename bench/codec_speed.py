@@ -11,9 +11,10 @@ these paths must give the same message (checked). With --device cuda, each codec
 on the CUDA coder (kernels on the GPU; Bit-Swap's model values stay there), replaying model
 outputs recorded for it the same way; its messages differ from the host's in the last bits of
 the CDFs, so it is checked by decoding. Weights are random: the architecture sets the model's cost, and
-the codec's cost does not depend on the weights. Prints a markdown table and a JSON line, then
-what scipy's ndtr/ndtri cost per call in compiled code and how many the NumPy reference
-evaluates per latent (`special_cost`): the part of a step no exact compiled path can avoid.
+the codec's cost does not depend on the weights. Prints a markdown table, then
+what scipy's ndtr/ndtri cost per call in compiled code, how many the NumPy reference and the
+compiled path evaluate per latent, and the compiled path's floor, the time of those calls alone
+(`special_cost`): the part of a step no exact compiled path can avoid; then a JSON line.
 """
 from __future__ import annotations
 
@@ -93,6 +94,11 @@ def bench_model(name: str, respacing: str, device: torch.device):
     diffusion = create_gaussian_diffusion(steps=4000, learn_sigma=True, noise_schedule="cosine", use_kl=True,
                                           rescale_timesteps=True, timestep_respacing=respacing)
     return flags, model, diffusion
+
+
+def bench_batch(shape) -> np.ndarray:
+    """The coded images: uniform random levels (seed 0)."""
+    return np.random.default_rng(0).integers(0, 256, shape)
 
 
 def timed(codec, lm, fn, outputs, threads):
@@ -178,13 +184,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="time only the first N respaced steps (0: all)")
     parser.add_argument("--codecs", default="bitswap,bbans")
     parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda); with cuda, Bit-Swap's CUDA coder is timed too")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the special-function floor (it counts calls in a child process, ~10 s per codec)")
     parser.add_argument("--json", default="", help="also write the results (and the settings) to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
     flags, model, diffusion = bench_model(args.model, args.respacing, device)
     steps = args.steps or diffusion.num_timesteps
     shape = (args.batch, flags.get("in_channels", 3), flags["image_size"], flags["image_size"])
-    x = np.random.default_rng(0).integers(0, 256, shape)
+    x = bench_batch(shape)
     print(f"device={device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''} "
           f"model={args.model} batch={args.batch} respacing={args.respacing} of 4000, timed steps={steps}, "
           f"CPU threads={torch.get_num_threads()} (torch), numba threads={numba.config.NUMBA_NUM_THREADS}")
@@ -200,14 +208,27 @@ def main() -> None:
                   f"{1e3 * r['numba_1']:.1f} | {1e3 * r['numba_2']:.1f} | {r['numpy'] / r['numba_1']:.2f} | "
                   f"{r['numba_1'] / r['numba_2']:.2f} | {r['numba_2'] / r['model']:.3f} | {gpu} |", flush=True)
     ns = special_cost.compiled_ns_per_call()
+    for name, rows in ([] if args.no_floor else results.items()):
+        counted = special_cost.compiled_calls_per_latent(name, args.model, args.respacing, steps, args.batch)
+        for direction, r in rows.items():
+            c = counted[direction]
+            r.update(compiled_ndtr_per_latent=c["ndtr"], compiled_ndtri_per_latent=c["ndtri"],
+                     floor=1e-9 * x.size * (c["ndtr"] * ns["ndtr"] + c["ndtri"] * ns["ndtri"]))
     print(f"\nscipy's ndtr / ndtri called from compiled code (one thread): {ns['ndtr']:.1f} / {ns['ndtri']:.1f} ns "
-          "per call. Evaluations per latent per step made by the NumPy reference (the compiled path reuses some "
-          "values and makes fewer):")
-    print("| codec | direction | ndtr per latent | ndtri per latent |")
-    print("|---|---|---|---|")
+          "per call. Evaluations per latent per step, by the NumPy reference and by the compiled path (counted on "
+          "the batch's first 2 images), and the compiled path's floor: its calls times their cost, the time one "
+          "thread spends in them alone:")
+    print("| codec | direction | NumPy ndtr | NumPy ndtri | compiled ndtr | compiled ndtri | floor ms/step | "
+          "NumPy / floor |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, rows in results.items():
         for direction, r in rows.items():
-            print(f"| {name} | {direction} | {r['ndtr_per_latent']:.2f} | {r['ndtri_per_latent']:.2f} |")
+            if "floor" in r:
+                compiled = (f"{r['compiled_ndtr_per_latent']:.2f} | {r['compiled_ndtri_per_latent']:.2f} | "
+                            f"{1e3 * r['floor']:.1f} | {r['numpy'] / r['floor']:.2f}")
+            else:
+                compiled = "- | - | - | -"
+            print(f"| {name} | {direction} | {r['ndtr_per_latent']:.2f} | {r['ndtri_per_latent']:.2f} | {compiled} |")
     layer = numba.threading_layer()
     spin = f" (GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')})" if layer == "omp" else ""
     print(f"numba threading layer: {layer}{spin}")
