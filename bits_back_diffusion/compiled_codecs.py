@@ -19,11 +19,11 @@ Design, and why:
   (craystack.compiled.cuda_message), so it is kept. The NumPy path stays the
   reference: tests check equal symbols, equal messages and equal traces on hostile inputs,
   empty tails (borrowing and giving back) and any lane groups.
-* Speed: the special functions (about 14 ndtr/ndtri calls per lane per Bit-Swap step, against
-  about 26 passes on the NumPy path by issue 13's count, which evaluates both branches of its
-  np.where) set the floor for both paths; exactness forbids cheaper approximations of them. Helpers that
-  take tables are inlined (a call that passes an array costs two atomic reference-count
-  updates, which measured about half the time of a whole pass).
+* Speed: the special functions set the floor for both paths (12-14 ndtr/ndtri calls per lane
+  per Bit-Swap step here, 23 on the NumPy path, which evaluates both branches of its np.where;
+  `bench/special_cost.py` counts both); exactness forbids cheaper approximations of them.
+  Helpers that take tables are inlined (a call that passes an array costs two atomic
+  reference-count updates, which measured about half the time of a whole pass).
 * Determinism: the compiled code performs the reference's float operations in the same order
   (IEEE +, -, *, /, floor, no fastmath, so no contraction into fused multiply-adds) and calls
   scipy's own ndtr/ndtri C functions (craystack.compiled.special), so the decoder computes the
