@@ -45,10 +45,11 @@ _PACKAGES = ("craystack.", "bits_back_diffusion.")  # where the compiled path's 
 
 
 @contextlib.contextmanager
-def count_reference_calls() -> Iterator[Dict[str, int]]:
-    """Counts, into the yielded dict, the elements the NumPy reference passes to ndtr and ndtri."""
+def _counting(targets) -> Iterator[Dict[str, int]]:
+    """Counts, into the yielded dict, the elements passed to ndtr and ndtri through the names in
+    `targets` ((module, name) pairs), each replaced by a counting wrapper until the block ends."""
     counts = {"ndtr": 0, "ndtri": 0}
-    saved = [(m, name, getattr(m, name)) for m in _MODULES for name in counts]
+    saved = [(module, name, getattr(module, name)) for module, name in targets]
 
     def counting(name: str, fn: Callable) -> Callable:
         def wrapper(x, *args, **kwargs):
@@ -65,26 +66,27 @@ def count_reference_calls() -> Iterator[Dict[str, int]]:
             setattr(module, name, fn)
 
 
-@numba.njit(cache=False)
-def _sum_ndtr(z):
-    total = 0.0
-    for v in z:
-        total += compiled_ndtr(v)
-    return total
+def count_reference_calls():
+    """Counts the elements the NumPy reference passes to ndtr and ndtri (`_counting`)."""
+    return _counting([(m, name) for m in _MODULES for name in ("ndtr", "ndtri")])
 
 
-@numba.njit(cache=False)
-def _sum_ndtri(u):
-    total = 0.0
-    for v in u:
-        total += compiled_ndtri(v)
-    return total
+def _summing(fn: Callable) -> Callable:
+    """A compiled loop that adds up fn over an array: independent calls one after another."""
+    @numba.njit(cache=False)
+    def total_of(values):
+        total = 0.0
+        for v in values:
+            total += fn(v)
+        return total
+    return total_of
 
 
 def compiled_ns_per_call(n: int = 1 << 20, repeats: int = 5) -> Dict[str, float]:
     """Best-of-`repeats` nanoseconds per compiled call of ndtr (z ~ N(0, 3)) and ndtri (u uniform)."""
     rng = np.random.default_rng(0)
-    args = {"ndtr": (_sum_ndtr, rng.normal(0.0, 3.0, n)), "ndtri": (_sum_ndtri, rng.uniform(1e-12, 1.0, n))}
+    args = {"ndtr": (_summing(compiled_ndtr), rng.normal(0.0, 3.0, n)),
+            "ndtri": (_summing(compiled_ndtri), rng.uniform(1e-12, 1.0, n))}
     out = {}
     for name, (fn, x) in args.items():
         fn(x[:16])  # compile
@@ -97,31 +99,14 @@ def compiled_ns_per_call(n: int = 1 << 20, repeats: int = 5) -> Dict[str, float]
     return out
 
 
-@contextlib.contextmanager
-def _count_compiled_calls() -> Iterator[Dict[str, int]]:
-    """Counts calls of the compiled path's ndtr/ndtri while its kernels run as plain Python:
-    every loaded module of the project that holds `craystack.compiled.special`'s functions gets
-    a counting wrapper in their place (the modules look them up at each call in Python mode)."""
-    counts = {"ndtr": 0, "ndtri": 0}
+def _count_compiled_calls():
+    """Counts calls of the compiled path's ndtr/ndtri while its kernels run as plain Python
+    (`_counting`): every loaded module of the project that holds `craystack.compiled.special`'s
+    functions is patched (the modules look them up at each call in Python mode)."""
     originals = {"ndtr": compiled_ndtr, "ndtri": compiled_ndtri}
-    patched = [(m, name) for m in list(sys.modules.values()) if getattr(m, "__name__", "").startswith(_PACKAGES)
-               and not m.__name__.endswith(".special") for name in counts if getattr(m, name, None) is originals[name]]
-
-    def counting(name: str) -> Callable:
-        fn = originals[name]
-
-        def wrapper(x):
-            counts[name] += 1
-            return fn(x)
-        return wrapper
-
-    try:
-        for module, name in patched:
-            setattr(module, name, counting(name))
-        yield counts
-    finally:
-        for module, name in patched:
-            setattr(module, name, originals[name])
+    return _counting([(m, name) for m in list(sys.modules.values())
+                      if getattr(m, "__name__", "").startswith(_PACKAGES) and not m.__name__.endswith(".special")
+                      for name in originals if getattr(m, name, None) is originals[name]])
 
 
 def compiled_calls_per_latent(codec: str, model: str, respacing: str, steps: int, batch: int,
@@ -137,31 +122,38 @@ def compiled_calls_per_latent(codec: str, model: str, respacing: str, steps: int
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def _count_compiled_main(args: argparse.Namespace) -> None:
-    import numba
+def count_calls(codec_name: str, backend: str, counting: Callable, model: str, respacing: str, steps: int,
+                batch: int, images: int) -> Dict[str, Dict[str, float]]:
+    """{direction: {"ndtr": .., "ndtri": ..}} per latent per step of `backend` coding the first
+    `images` images of codec_speed's batch of `batch` (random weights, the first `steps` steps),
+    counted with `counting` (`count_reference_calls` or, as Python, `_count_compiled_calls`)."""
     import torch
 
     import codec_speed  # noqa: E402 (bench/, beside this script)
     from bits_back_diffusion.codec_registry import build_codec, codec_class
     from bits_back_diffusion.coding import initial_message
 
-    if not numba.config.DISABLE_JIT:
-        raise SystemExit("count-compiled runs the kernels as Python: start it with NUMBA_DISABLE_JIT=1")
-    flags, model, diffusion = codec_speed.bench_model(args.model, args.respacing, torch.device("cpu"))
-    shape = (args.batch, flags.get("in_channels", 3), flags["image_size"], flags["image_size"])
-    x = codec_speed.bench_batch(shape)[:args.images]
-    lm = codec_speed.RecordingModel(model, diffusion, torch.device("cpu"), steps=args.steps)
-    codec = build_codec(args.codec, lm, codec_class(args.codec).default_precisions, backend="numba", coder="host")
+    flags, net, diffusion = codec_speed.bench_model(model, respacing, torch.device("cpu"))
+    shape = (batch, flags.get("in_channels", 3), flags["image_size"], flags["image_size"])
+    x = codec_speed.bench_batch(shape)[:images]
+    lm = codec_speed.RecordingModel(net, diffusion, torch.device("cpu"), steps=steps)
+    codec = build_codec(codec_name, lm, codec_class(codec_name).default_precisions, backend=backend, coder="host")
     head = (1,) + x.shape[1:] if codec.shares_lanes else x.shape
-    start = initial_message(codec, head, seed=0)
     out = {}
-    with torch.no_grad(), _count_compiled_calls() as counts:
-        encoded = codec.encode(start, x)
-        out["encode"] = {k: v / args.steps / x.size for k, v in counts.items()}
+    with torch.no_grad(), counting() as counts:
+        encoded = codec.encode(initial_message(codec, head, seed=0), x)
+        out["encode"] = {k: v / steps / x.size for k, v in counts.items()}
         counts.update(ndtr=0, ndtri=0)
         codec.decode(encoded, x.shape[0])
-        out["decode"] = {k: v / args.steps / x.size for k, v in counts.items()}
-    print(json.dumps(out))
+        out["decode"] = {k: v / steps / x.size for k, v in counts.items()}
+    return out
+
+
+def _count_compiled_main(args: argparse.Namespace) -> None:
+    if not numba.config.DISABLE_JIT:
+        raise SystemExit("count-compiled runs the kernels as Python: start it with NUMBA_DISABLE_JIT=1")
+    print(json.dumps(count_calls(args.codec, "numba", _count_compiled_calls, args.model, args.respacing, args.steps,
+                                 args.batch, args.images)))
 
 
 def main() -> None:
