@@ -159,9 +159,8 @@ def _push_sub_bins(lane, p, count, symbols, edges_f, bounds, mu, sd, nc, fine_bi
     """A push's sub-bin setup for coarse bin c, clamped into the table (the coarse level checks c
     itself): (base, upper, ref, mass, flat). Also prefetches the fine-table entries of the lane
     _AHEAD further on (`_prefetch_bin`)."""
-    if lane + _AHEAD < count:
-        t = symbols[p + _AHEAD]
-        _prefetch_bin(edges_f, (min(max(t >> fine_bits, 0), nc - 1) << fine_bits) + (t & ((1 << fine_bits) - 1)))
+    if lane + _AHEAD < count:  # a symbol is its fine bin's index (a bad one only makes a useless hint)
+        _prefetch_bin(edges_f, symbols[p + _AHEAD])
     cc = min(max(c, 0), nc - 1)
     if cc != c:
         z0 = z1 = _NAN
