@@ -215,7 +215,8 @@ class DiffusionFlags:
 class DeviceInfo:
     """Where the encoder's model ran. Decoding needs bit-identical model outputs, which only the
     same kind of device, the same kernels and the same CPU thread count give; the versions are
-    kept for the diagnosis when a decode fails anyway. Empty strings: unknown (v1/v2 files)."""
+    kept for the diagnosis when a decode fails anyway. Empty strings: unknown (v1/v2 files; `cpu`,
+    the CPU's kernel family (`cpu_kind`), before version 5)."""
 
     kind: str
     name: str = ""
@@ -226,12 +227,15 @@ class DeviceInfo:
     tf32: bool = False
     torch_threads: int = 0  # 0: unknown (v1/v2 files without it)
     coder: str = "host"  # which kernels coded the message (coders.CODERS); files before v4: host
+    cpu: str = ""  # the CPU's kernel family (cpu_kind.cpu_kind()); "" before v5
 
     @classmethod
     def of(cls, device: Any, coder: str = "host") -> "DeviceInfo":
         """This process's device (torch.device or its type name) and determinism settings, and the
         coder that codes on it (`coders.choose_coder`)."""
         import torch
+
+        from .cpu_kind import cpu_kind
 
         kind = str(getattr(device, "type", device))
         cuda = kind == "cuda" and torch.cuda.is_available()
@@ -245,20 +249,29 @@ class DeviceInfo:
             tf32=bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32),
             torch_threads=int(torch.get_num_threads()),
             coder=coder,
+            cpu=cpu_kind(),
         )
 
     def __post_init__(self) -> None:
         need(self.kind in DEVICE_KINDS, f"device kind must be one of {', '.join(DEVICE_KINDS)}, got {self.kind!r}"[:200])
-        for name in ("name", "torch_version", "cuda_version"):
+        for name in ("name", "torch_version", "cuda_version", "cpu"):
             _text(f"device {name}", getattr(self, name), 128)
         _int_in("device cudnn_version", self.cudnn_version, 0, 1 << 31)
         _int_in("device torch_threads", self.torch_threads, 0, LIMITS.torch_threads)
         _bools(self, ("deterministic", "tf32"))
         need(self.coder in ("host", "cuda"), f"device coder must be host or cuda, got {self.coder!r}"[:200])
 
+    @property
+    def cpu_matters(self) -> bool:
+        """Whether the CPU's kernels shaped the message: the model ran on it, or the host coder did
+        the codec's float math (the CUDA coder does it on the GPU)."""
+        return self.kind == "cpu" or self.coder == "host"
+
     def describe(self) -> str:
-        """'cuda (NVIDIA H100, torch 2.5.1, CUDA 12.4, cuDNN 90100, 8 threads)' for messages."""
-        parts = [p for p in (self.name, self.torch_version and f"torch {self.torch_version}",
+        """'cuda (NVIDIA H100, torch 2.5.1, CUDA 12.4, cuDNN 90100, 8 threads)' for messages (with
+        the CPU's kernel family where it shaped the message)."""
+        cpu = self.cpu if self.cpu and self.cpu_matters else ""
+        parts = [p for p in (self.name, cpu, self.torch_version and f"torch {self.torch_version}",
                              self.cuda_version and f"CUDA {self.cuda_version}",
                              self.cudnn_version and f"cuDNN {self.cudnn_version}",
                              self.torch_threads and f"{self.torch_threads} threads",

@@ -1,6 +1,7 @@
-"""The bytes of a `.bbd` header: the compact binary layout of versions 3-4, and the JSON of versions 1-2.
+"""The bytes of a `.bbd` header: the compact binary layout of versions 3-5, and the JSON of versions 1-2.
 
-Version 4 is version 3 with the coder (DeviceInfo.coder) after the device's other fields. Version 3 writes the fields of `BBDHeader` in one fixed order (`_LAYOUT` below): unsigned ints as
+Version 4 is version 3 with the coder (DeviceInfo.coder) after the device's other fields, and
+version 5 is version 4 with the CPU's kernel family (DeviceInfo.cpu) after the coder. Version 3 writes the fields of `BBDHeader` in one fixed order (`_LAYOUT` below): unsigned ints as
 LEB128 varints, signed ones zigzag-encoded, bools as one byte 0/1, floats as IEEE-754 float64,
 strings as a varint byte length + UTF-8, the SHA-256 as its 32 raw bytes, optional parts behind a
 0/1 byte and lists behind a varint count. Fields a decoder can derive (respacing, steps and levels
@@ -112,7 +113,9 @@ _DIFFUSION = (("steps", "uint"), ("learn_sigma", "flag"), ("sigma_small", "flag"
               ("rescale_learned_sigmas", "flag"), ("timestep_respacing", "text"), ("num_levels", "uint"))
 _DEVICE_V3 = (("kind", "text"), ("name", "text"), ("torch_version", "text"), ("cuda_version", "text"),
               ("cudnn_version", "uint"), ("deterministic", "flag"), ("tf32", "flag"), ("torch_threads", "uint"))
-_DEVICE = _DEVICE_V3 + (("coder", "text"),)  # version 4
+_DEVICE_V4 = _DEVICE_V3 + (("coder", "text"),)
+_DEVICE = _DEVICE_V4 + (("cpu", "text"),)  # version 5
+_DEVICE_BY_VERSION = {3: _DEVICE_V3, 4: _DEVICE_V4, 5: _DEVICE}
 
 
 def _put(w: _Writer, obj: Any, layout) -> None:
@@ -131,7 +134,7 @@ def _optional(w: _Writer, value: Any, put: Callable[[Any], None]) -> None:
 
 
 def header_to_bytes(h: BBDHeader) -> bytes:
-    """The version-4 bytes of a header (see the module doc)."""
+    """The version-5 bytes of a header (see the module doc)."""
     w = _Writer()
     w.text(h.codec)
     for key in ("prior_prec", "latent_prec", "obs_prec"):
@@ -197,8 +200,8 @@ def _get_tiling(r: _Reader) -> Dict[str, Any]:
     return out
 
 
-def header_from_bytes(data: bytes, version: int = 4) -> BBDHeader:
-    """Parse and validate version-3 or -4 header bytes; HeaderError names the first bad field."""
+def header_from_bytes(data: bytes, version: int = 5) -> BBDHeader:
+    """Parse and validate version-3, -4 or -5 header bytes; HeaderError names the first bad field."""
     r = _Reader(data)
     codec = r.text("codec")
     precisions = {key: r.uint(key) for key in ("prior_prec", "latent_prec", "obs_prec")}
@@ -216,7 +219,7 @@ def header_from_bytes(data: bytes, version: int = 4) -> BBDHeader:
     tiling = _get_tiling(r) if r.flag("tiling present") else None
     checkpoint_name, data_name = r.text("checkpoint_name"), r.text("data_name")
     rank, world_size = r.uint("rank"), r.uint("world_size")
-    layout = _DEVICE if version >= 4 else _DEVICE_V3
+    layout = _DEVICE_BY_VERSION[version]
     device = _get(r, DeviceInfo, layout, "device") if r.flag("device present") else None
     r.done()
     return BBDHeader(

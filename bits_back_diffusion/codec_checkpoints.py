@@ -28,18 +28,25 @@ class CheckpointError(ValueError):
 # Settings of the machine that change the model's last bits, and how to choose them on resume.
 RUNTIME_KEYS = {"device": "device=cpu|cuda on the same kind of GPU",
                 "torch_threads": "OMP_NUM_THREADS / torch.set_num_threads",
-                "coder": "codec.coder=host|cuda; cuda needs numba-cuda"}
+                "coder": "codec.coder=host|cuda; cuda needs numba-cuda",
+                "cpu": "a machine of the same CPU family: vendor, torch's and NumPy's SIMD level"}
 OLDER_DEFAULTS = {"coder": "host"}  # what checkpoints of earlier versions, which lack the key, meant
+UNRECORDED_ACCEPTED = ("cpu",)  # keys earlier versions did not record and whose absence is not checked
 
 
 def device_meta(device: Any, coder: str = "host") -> Dict[str, Any]:
-    """The resume check's view of the device: its kind and GPU name, torch's CPU thread count and
-    the codec's coder (coders.CODERS)."""
+    """The resume check's view of the device: its kind and GPU name, torch's CPU thread count, the
+    codec's coder (coders.CODERS) and, where the CPU's kernels shape the message (a CPU model or
+    the host coder), the CPU's kernel family (`cpu_kind`)."""
     import torch
+
+    from .cpu_kind import cpu_kind
 
     kind = str(getattr(device, "type", device))
     name = torch.cuda.get_device_name(device) if kind == "cuda" and torch.cuda.is_available() else ""
-    return {"device": f"{kind} {name}".strip(), "torch_threads": int(torch.get_num_threads()), "coder": coder}
+    cpu = cpu_kind() if kind == "cpu" or coder == "host" else ""
+    return {"device": f"{kind} {name}".strip(), "torch_threads": int(torch.get_num_threads()), "coder": coder,
+            "cpu": cpu}
 
 
 def checkpoint_name(phase: str, samples: int, rank: int, world_size: int) -> str:
@@ -104,6 +111,8 @@ class CodecState:
     def check_meta(self, expected: Dict[str, Any], path: str) -> None:
         """Refuse to continue a run whose settings differ (the bits would not decode)."""
         for key, value in expected.items():
+            if key not in self.meta and key in UNRECORDED_ACCEPTED:
+                continue
             saved = self.meta.get(key, OLDER_DEFAULTS.get(key))
             if saved != value:
                 if key not in self.meta and key not in OLDER_DEFAULTS:

@@ -10,10 +10,10 @@ Layout (little-endian)::
 
     offset  size  field
     0       8     magic  b"\\x89BBD\\r\\n\\x1a\\n"  (catches text-mode transfers, like PNG's)
-    8       2     format version (uint16), currently 4
+    8       2     format version (uint16), currently 5
     10      2     reserved, 0
     12      4     header length L (uint32)
-    16      L     header (versions 3-4: compact binary, `bbd_wire`; versions 1-2: UTF-8 JSON)
+    16      L     header (versions 3-5: compact binary, `bbd_wire`; versions 1-2: UTF-8 JSON)
     16+L    4     CRC32 of the header bytes
     20+L    8     payload length in words W (uint64)
     28+L    4     CRC32 of the payload bytes
@@ -24,7 +24,9 @@ them, 3 replaced the JSON header (1.2 kB on the digits demo, 18% of its file, wi
 absolute checkpoint path in it) by a binary one: 191 bytes on the demo (223 with the framing; its
 17-run batch schedule takes 35 of them). Version 4 records which coder wrote the message (the
 host's kernels, or the CUDA coder, whose CDF values differ: `coders`); a version-3 file was
-always coded on the host.
+always coded on the host. Version 5 records the CPU's kernel family (`cpu_kind`: vendor, torch's
+and NumPy's SIMD level), which changes a CPU model's last bits and the host coder's `exp`, so a
+decode on another family is refused before it starts.
 
 Why a fixed binary layout rather than JSON compressed with zlib or lzma: the header is a few
 dozen small integers, booleans and short names. zlib'd JSON still pays for every key name
@@ -54,9 +56,10 @@ __all__ = ["BBDFormatError", "BBDHeader", "DeviceInfo", "DiffusionFlags", "FORMA
            "check_model_sha256", "framing_bytes", "read_bbd", "write_bbd"]
 
 MAGIC = b"\x89BBD\r\n\x1a\n"
-FORMAT_VERSION = 4
-# 2 added `batches`; 3: binary header with typed device and rank fields; 4: the device's coder
-READABLE_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5
+# 2 added `batches`; 3: binary header with typed device and rank fields; 4: the device's coder;
+# 5: the CPU's kernel family
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 _PREFIX = struct.Struct("<8sHHI")  # magic, version, reserved, header length
 _MIDDLE = struct.Struct("<IQI")  # header crc, payload words, payload crc
 _MAX_HEADER = 16 << 20

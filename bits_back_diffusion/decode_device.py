@@ -1,9 +1,10 @@
 """Where a decode runs: the encoder's device kind and CPU thread count, or a refusal.
 
 Bits-back decoding needs model outputs bit-identical to the encoder's. Another device kind,
-another GPU model or another torch thread count on the CPU changes their last bits, and the
-decode would only fail late (or at the end-of-message check), so the mismatch is refused before
-the first model call unless the user asks to try anyway (allow_device_mismatch=true).
+another GPU model, another torch thread count on the CPU or another CPU kernel family
+(`cpu_kind`) changes their last bits, and the decode would only fail late (or at the
+end-of-message check), so the mismatch is refused before the first model call unless the user
+asks to try anyway (allow_device_mismatch=true).
 """
 from __future__ import annotations
 
@@ -43,6 +44,15 @@ def choose_device(header, requested: str, allow_mismatch: bool, source: str, log
             + ", or pass allow_device_mismatch=true to try anyway (a wrong decode is still refused at the end)")
     if differs:
         log(f"WARNING: decoding on {here.describe()} a file encoded on {encoded.describe()} (allow_device_mismatch)")
+    elif encoded.cpu and encoded.cpu_matters and here.cpu != encoded.cpu:
+        if not allow_mismatch:
+            raise DecodeError(
+                f"{source} was encoded on a CPU with {encoded.cpu!r}, and this machine has {here.cpu!r}; torch and "
+                f"NumPy choose their SIMD kernels from the processor, which changes the model's last bits (and the "
+                f"host coder's exp), so this decode would fail at its end. Decode on a machine of the encoder's CPU "
+                f"family, or pass allow_device_mismatch=true to try anyway (a wrong decode is still refused at the end)")
+        log(f"WARNING: decoding on a CPU with {here.cpu!r} a file encoded on one with {encoded.cpu!r} "
+            "(allow_device_mismatch)")
     elif encoded.torch_version and encoded.torch_version != here.torch_version:
         log(f"WARNING: the encoder used torch {encoded.torch_version}, this is {here.torch_version}; if the decode "
             "fails, use the encoder's version")

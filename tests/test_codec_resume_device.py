@@ -43,3 +43,21 @@ def test_the_coder_is_part_of_the_resume_check_and_older_checkpoints_were_host(t
     path, state = saved_state(tmp_path, {**old, "coder": "cuda"})
     with pytest.raises(CheckpointError, match=r"encoded with coder='cuda' but this run has coder='host'"):
         state.check_meta({**old, "coder": "host"}, path)
+
+
+def test_the_cpu_family_is_part_of_the_resume_check_and_older_checkpoints_resume(tmp_path):
+    """A CPU run resumed on a processor of another kernel family would mix model outputs the
+    decoder cannot reproduce; checkpoints written before the family was recorded still resume."""
+    from bits_back_diffusion.cpu_kind import cpu_kind
+
+    meta = {"codec": "bitswap", **device_meta(torch.device("cpu"))}
+    assert meta["cpu"] == cpu_kind()
+    path, state = saved_state(tmp_path, meta)
+    state.check_meta(dict(meta), path)
+    other = "GenuineIntel x86_64 torch:AVX512 numpy:X86_V4"
+    with pytest.raises(CheckpointError, match=rf"encoded with cpu='.*' but this run has cpu='{other}'.*same CPU family"):
+        state.check_meta({**meta, "cpu": other}, path)
+    older = {key: value for key, value in meta.items() if key != "cpu"}
+    path, state = saved_state(tmp_path, older)
+    state.check_meta(dict(meta), path)  # unrecorded: resumes
+    assert device_meta(torch.device("cpu"), coder="host")["cpu"] and not device_meta("cuda", coder="cuda")["cpu"]

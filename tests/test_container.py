@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -21,6 +22,7 @@ from bits_back_diffusion.coding import initial_message
 from bits_back_diffusion.container import (FORMAT_VERSION, BBDFormatError, BBDHeader, DeviceInfo, DiffusionFlags,
                                            ModelFlags, framing_bytes, read_bbd, write_bbd)
 from bits_back_diffusion.bbd_header import HeaderError, name_hints
+from bits_back_diffusion.cpu_kind import cpu_kind
 from bits_back_diffusion import decoder
 from bits_back_diffusion.data.tiles import TilingInfo, split_image
 from bits_back_diffusion.decode_cli import main as decode_main
@@ -223,7 +225,8 @@ def test_header_is_compact_and_private():
                      head_shape=(1, 1, 8, 8), model_sha256=SHA, model_flags=demo_model, diffusion_flags=process,
                      initial_message={"words_per_lane": 0, "seed": 7919}, batches=runs,
                      checkpoint_name="ema_0.999_004000.pt", data_name="digits",
-                     device=DeviceInfo(kind="cpu", torch_version="2.5.1+cpu", torch_threads=2))
+                     device=DeviceInfo(kind="cpu", torch_version="2.5.1+cpu", torch_threads=2,
+                                       cpu="AuthenticAMD x86_64 torch:AVX512 numpy:AVX512_SPR"))
     assert framing_bytes(demo) <= 300
     from bits_back_diffusion.bbd_wire import header_from_bytes, header_to_bytes
 
@@ -237,7 +240,8 @@ def test_every_header_field_survives_the_binary_layout():
                            "names": ["a.png", "sub/b.png"]},
                    initial_message={"words_per_lane": 3, "seed": 2**62}, rank=1, world_size=3,
                    device=DeviceInfo(kind="cuda", name="NVIDIA H200", torch_version="2.5.1", cuda_version="12.4",
-                                     cudnn_version=90100, deterministic=True, tf32=False, torch_threads=8),
+                                     cudnn_version=90100, deterministic=True, tf32=False, torch_threads=8,
+                                     coder="cuda", cpu="GenuineIntel x86_64 torch:AVX512 numpy:X86_V4"),
                    likelihood_std_min=1.5e-6, clip_denoised=False)
     from bits_back_diffusion.bbd_wire import header_from_bytes, header_to_bytes
 
@@ -387,9 +391,9 @@ def image_hashes(images):
     return [hashlib.sha256(np.asarray(img)[0].astype(np.uint8).tobytes()).hexdigest() for img in images]
 
 
-@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("version", [2, 3, 4])
 def test_files_of_earlier_versions_decode_with_this_code(version):
-    """Files written by the version-2 and version-3 writers (tests/fixtures), found their checkpoint
+    """Files written by the version-2, -3 and -4 writers (tests/fixtures), found their checkpoint
     through the digits data config's default (a recorded absolute path is not used), decode exactly."""
     fixture = FIXTURE.with_name(f"digits3_v{version}.bbd")
     header, images, numbers = decoder.decode_input(str(fixture), log=lambda *_: None)
@@ -420,6 +424,42 @@ def test_device_mismatch_is_refused_before_any_model_call(tmp_path, monkeypatch)
     _, images, _ = decoder.decode_input(str(path), device="cpu", allow_device_mismatch=True, log=logs.append)
     assert image_hashes(images) == fixture_expectations()["image_sha256"]
     assert any(line.startswith("WARNING: decoding on cpu") for line in logs)
+
+
+def test_another_cpu_family_is_refused_before_any_model_call(tmp_path, monkeypatch):
+    """The same demo settings wrote 5,508 bytes on an AVX-512 CPU and 5,530 on an AVX2 one: a file
+    records the encoder's CPU kernel family, and a decode on another is refused before the model
+    (unless the user asks to try: this file was in fact made here, so it then decodes)."""
+    header, message = read_bbd(str(FIXTURE.with_name("digits3_v4.bbd")))  # made on a CPU, family unrecorded
+    other = "GenuineIntel x86_64 torch:AVX512 numpy:AVX512_SPR"
+    assert cpu_kind() != other
+    path = tmp_path / "other_cpu.bbd"
+    write_bbd(str(path), dataclasses.replace(header, device=dataclasses.replace(header.device, cpu=other)), message)
+    assert read_bbd(str(path))[0].device.cpu == other  # version 5 stores it
+    monkeypatch.setattr(decoder, "find_checkpoint", lambda *a, **k: pytest.fail("the model was looked for first"))
+    with pytest.raises(decoder.DecodeError, match=rf"encoded on a CPU with '{other}', and this machine has "
+                                                  rf"'{re.escape(cpu_kind())}'.*allow_device_mismatch=true"):
+        decoder.decode_input(str(path), device="cpu")
+    monkeypatch.undo()
+    logs = []
+    _, images, _ = decoder.decode_input(str(path), device="cpu", allow_device_mismatch=True, log=logs.append)
+    assert image_hashes(images) == fixture_expectations()["image_sha256"]
+    assert any(line.startswith("WARNING: decoding on a CPU with") for line in logs)
+    same = tmp_path / "this_cpu.bbd"  # this machine's own family: no question asked
+    write_bbd(str(same), dataclasses.replace(header, device=DeviceInfo.of("cpu")), message)
+    logs = []
+    _, images, _ = decoder.decode_input(str(same), device="cpu", log=logs.append)
+    assert image_hashes(images) == fixture_expectations()["image_sha256"] and not any("WARNING" in x for x in logs)
+
+
+def test_the_cpu_family_counts_where_the_cpu_did_the_float_math():
+    """A CPU model or the host coder: the CPU's kernels shaped the message; the CUDA coder on a GPU
+    model: they did not, so a GPU file is not tied to its host's processor."""
+    assert DeviceInfo.of("cpu").cpu == cpu_kind() and DeviceInfo(kind="cpu").cpu_matters
+    assert DeviceInfo(kind="cuda", coder="host").cpu_matters
+    gpu = DeviceInfo(kind="cuda", name="NVIDIA H200", coder="cuda", cpu="GenuineIntel x86_64 torch:AVX512 numpy:X86_V4")
+    assert not gpu.cpu_matters and "GenuineIntel" not in gpu.describe()
+    assert cpu_kind() in DeviceInfo.of("cpu").describe()
 
 
 def test_more_encoder_threads_than_cores_is_refused_unless_allowed(tmp_path, monkeypatch):
