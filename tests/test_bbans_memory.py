@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import tracemalloc
 
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
 
 import craystack as cs
 from bits_back_diffusion.bbans_tape import PriorTape, index_dtype
@@ -185,3 +188,21 @@ def test_encode_keeps_indices_in_the_smallest_type_and_pushes_them_bottom_up():
     back = list(tape.bottom_up())
     assert all(b.dtype == np.int64 for b in back)
     assert [int(b[0, 0]) for b in back] == [7, 1023, 0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(log_var=hnp.arrays(np.float32, st.integers(1, 64), elements=st.floats(width=32, allow_nan=True,
+                                                                              allow_infinity=True)),
+       t=st.integers(0, 2))
+def test_in_place_std_gives_the_bits_of_clip_of_exp(log_var, t):
+    """gaussian_from_raw reuses one array for 0.5 * v, exp and the clamp; hostile log-variances
+    (NaN, infinities, values whose exp over- or underflows) give np.clip(np.exp(...))'s bits."""
+    lm = latent_model(3)
+    with np.errstate(over="ignore"):  # exp(0.5 * 3e38) overflows to inf, which the clamp bounds
+        mean, std = lm.gaussian_from_raw((log_var, log_var), t)
+        low = max(lm.std_range[0], lm.likelihood_std_min if t == 0 else 0.0)
+        want = np.clip(np.exp(0.5 * log_var.astype(np.float64)), low, lm.std_range[1])
+    finite = np.isfinite(want)
+    assert np.array_equal(np.isnan(std), np.isnan(want))
+    np.testing.assert_array_equal(std[finite].view(np.uint64), want[finite].view(np.uint64))
+    np.testing.assert_array_equal(mean, log_var.astype(np.float64))
