@@ -53,5 +53,5 @@ def cpu_kind() -> str:
     have chosen their kernels, so computed once; short, as every file stores it)."""
     import torch
 
-    return (f"{_vendor()} {platform.machine() or 'unknown'} torch:{torch.backends.cpu.get_cpu_capability()} "
-            f"numpy:{_numpy_target()}")
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "unknown")()  # torch >= 2.1
+    return f"{_vendor()} {platform.machine() or 'unknown'} torch:{capability} numpy:{_numpy_target()}"
