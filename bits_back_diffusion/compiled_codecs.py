@@ -119,7 +119,11 @@ class _Scratch:
         self.flat = np.zeros(width, dtype=np.bool_)
 
 
-@lane_kernel
+# The array arguments every Bit-Swap lane kernel only reads (passed read-only: kernels.LaneKernel).
+_BITSWAP_READS = ("offsets", "lanes", "mu", "sd", "edges_c", "edges_f", "bounds")
+
+
+@lane_kernel(reads=_BITSWAP_READS)
 def _q_pop(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
            salt_f, out, flags, coarse, guess, s_ref, s_mass, s_upper, s_flat):
     """Pop z_t from q(z_t | z_{t-1}) (bitswap.sampled_latent_codec) on every lane group: per
@@ -145,7 +149,7 @@ def _q_pop(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, pr
     return 0
 
 
-@lane_kernel
+@lane_kernel(reads=_BITSWAP_READS + ("symbols",))
 def _q_push(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, keyed, salt_c,
             salt_f, symbols, words, flags, words2, flags2, stat):
     """Push z_t back with q (decode): the sub-bin, then the coarse bin, on every lane group."""
@@ -165,7 +169,7 @@ def _q_push(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, p
 
 # --- Bit-Swap's p: floored two-level code (bitswap.model_latent_codec) -----------------------------------
 
-@lane_kernel
+@lane_kernel(reads=_BITSWAP_READS + ("symbols",))
 def _p_push(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, symbols, words,
             flags, words2, flags2, stat):
     """Push z_{t-1} with p(z_{t-1} | z_t) on every lane group: the sub-bin (bitswap sub-bins),
@@ -184,7 +188,7 @@ def _p_push(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, p
     return 0, -1
 
 
-@lane_kernel
+@lane_kernel(reads=_BITSWAP_READS)
 def _p_pop(head, buf, meta, offsets, lanes, mu, sd, edges_c, edges_f, bounds, prec, fine_bits, out, flags, coarse,
            stat, guess, s_ref, s_mass, s_upper, s_flat):
     """Pop z_{t-1} with p(z_{t-1} | z_t) on every lane group (decode): coarse bin, then sub-bin,

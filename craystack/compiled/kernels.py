@@ -27,8 +27,10 @@ import os
 import tempfile
 import types
 from pathlib import Path
+from typing import Sequence
 
 import numba
+import numpy as np
 from numba import njit
 
 __all__ = ["PARALLEL_MIN_LANES", "compiled", "lane_kernel", "cuda_kernel"]
@@ -105,9 +107,15 @@ def cuda_kernel(fn=None, *, salt: str = ""):
 
 class LaneKernel:
     """A kernel whose 5th argument is the array of lanes per group; picks the build by the size of
-    the largest group (see the module doc)."""
+    the largest group (see the module doc).
 
-    def __init__(self, fn):
+    `reads` names the array arguments the kernel only reads; they are always passed as read-only
+    views. numba compiles one machine-code version per argument type, and whether an array is
+    writable is part of its type: callers hand over shared read-only tables (bin edges) and fresh
+    writable arrays in every mix, which compiled up to four versions of a kernel (some seconds each,
+    on every first run after the sources change). A read-only view costs about a microsecond."""
+
+    def __init__(self, fn, reads: Sequence[str] = ()):
         self.parallel = compiled(fn, parallel=True)
         serial = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
                                     fn.__closure__)
@@ -117,13 +125,33 @@ class LaneKernel:
         self.serial = compiled(serial)
         self.__doc__ = fn.__doc__
         self.__name__ = fn.__name__
+        names = list(inspect.signature(fn).parameters)
+        unknown = sorted(set(reads) - set(names))
+        if unknown:
+            raise TypeError(f"{fn.__name__} has no parameters {unknown}")
+        self._reads = tuple(names.index(name) for name in reads)
 
     def __call__(self, *args):
+        if self._reads:
+            args = list(args)
+            for i in self._reads:
+                args[i] = _read_only(args[i])
         lanes = args[4]
         threaded = lanes.size and int(lanes.max()) >= PARALLEL_MIN_LANES
         return (self.parallel if threaded else self.serial)(*args)
 
 
-def lane_kernel(fn) -> LaneKernel:
-    """Decorator: compile `fn` (which loops over lanes with prange) in both builds."""
-    return LaneKernel(fn)
+def _read_only(a):
+    """`a` as a read-only array (a view where it is writable); anything else as it is."""
+    if isinstance(a, np.ndarray) and a.flags.writeable:
+        a = a.view()
+        a.flags.writeable = False
+    return a
+
+
+def lane_kernel(fn=None, *, reads: Sequence[str] = ()):
+    """Decorator: compile `fn` (which loops over lanes with prange) in both builds; `reads`: its
+    read-only array arguments (see LaneKernel)."""
+    if fn is None:
+        return lambda f: LaneKernel(f, reads)
+    return LaneKernel(fn, reads)

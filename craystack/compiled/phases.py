@@ -103,7 +103,7 @@ def uniform_pop_lane(lane, p, head, prec, out, flags):
 
 # --- threaded kernels -----------------------------------------------------------------------------
 
-@lane_kernel
+@lane_kernel(reads=("offsets", "lanes", "edges", "mu", "sd", "a", "b", "symbols"))
 def quantized_push_groups(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, n, prec, symbols,
                           words, flags, stat):
     """Push symbols[offsets[g] + l] on lane l of each group g with craystack's quantized codec
@@ -123,7 +123,7 @@ def quantized_push_groups(head, buf, meta, offsets, lanes, kind, edges, mu, sd, 
     return 0, -1
 
 
-@lane_kernel
+@lane_kernel(reads=("offsets", "lanes", "edges", "mu", "sd", "a", "b"))
 def quantized_pop_groups(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a, b, n, prec, rounds, out,
                          flags, stat):
     """Pop one symbol per lane of each group into out[offsets[g] + l] (craystack's decoder with
@@ -144,7 +144,7 @@ def quantized_pop_groups(head, buf, meta, offsets, lanes, kind, edges, mu, sd, a
     return 0, -1
 
 
-@lane_kernel
+@lane_kernel(reads=("offsets", "lanes", "symbols"))
 def uniform_push_groups(head, buf, meta, offsets, lanes, prec, symbols, words, flags):
     """craystack.Uniform(prec) pushes of symbols[offsets[g] + l] (in range: checked by the caller)."""
     for g in range(offsets.size):
@@ -155,7 +155,7 @@ def uniform_push_groups(head, buf, meta, offsets, lanes, prec, symbols, words, f
         push_flagged(words, flags, count, buf, meta)
 
 
-@lane_kernel
+@lane_kernel(reads=("offsets", "lanes"))
 def uniform_pop_groups(head, buf, meta, offsets, lanes, prec, out, flags):
     """craystack.Uniform(prec) pops into out[offsets[g] + l]; returns an error code (0: none)."""
     for g in range(offsets.size):
