@@ -22,7 +22,7 @@ from bits_back_diffusion.latent_model import DiffusionLatentModel
 from craystack.compiled import cuda_phases
 from craystack.compiled.cuda_message import DeviceMessage
 
-FEW = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FEW = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def on_device(message, batch, dims, phase, reverse=False):
@@ -100,7 +100,7 @@ def test_device_uniform_equals_the_reference(setup, prec):
     same_message(got2, want2)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(batch=st.integers(1, 4), head_images=st.integers(1, 3), model=st.sampled_from(["conv", 0.0, 3.0, -1e4]),
        keyed=st.booleans(), seed=st.integers(0, 100))
 def test_bitswap_on_the_cuda_coder_equals_the_reference(batch, head_images, model, keyed, seed):
