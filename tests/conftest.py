@@ -1,4 +1,5 @@
-"""Shared test fixtures: locating ../shared, the reference fixture model, offline W&B."""
+"""Shared test fixtures: locating ../shared, the reference fixture model, offline W&B; and the CUDA
+simulator run started in the background once the suite is collected (tests/cuda_sim_run.py)."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+import cuda_sim_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
@@ -62,3 +65,14 @@ def wandb_offline(monkeypatch, tmp_path):
 def shared_cifar_npz() -> Path:
     """The decoded CIFAR-10 test set in ../shared/data (images: (N, 32, 32, 3) uint8)."""
     return shared_path("data", "cifar10_jpeg_test.npz")
+
+
+def pytest_collection_finish(session) -> None:
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return  # the simulator run itself
+    if any(item.nodeid.endswith(cuda_sim_run.TEST_NAME) for item in session.items):
+        cuda_sim_run.start()
+
+
+def pytest_sessionfinish(session) -> None:
+    cuda_sim_run.stop()
