@@ -29,12 +29,6 @@ def _pop(edges, mu, sd):
     return status, head, out
 
 
-def _read_only(a):
-    v = a.view()
-    v.flags.writeable = False
-    return v
-
-
 def test_writable_and_read_only_inputs_run_one_compiled_version():
     rng = np.random.default_rng(0)
     mu, sd = rng.normal(size=40), rng.uniform(0.1, 2.0, 40)
@@ -42,7 +36,7 @@ def test_writable_and_read_only_inputs_run_one_compiled_version():
     assert not shared.flags.writeable
     first = _pop(shared, mu, sd)
     versions = len(quantized_pop_groups.serial.signatures)
-    second = _pop(np.array(shared), _read_only(mu), sd)  # the other writability of each input
+    second = _pop(np.array(shared), kernels._read_only(mu), sd)  # the other writability of each input
     assert len(quantized_pop_groups.serial.signatures) == versions
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
