@@ -27,7 +27,8 @@ class CheckpointError(ValueError):
 
 # Settings of the machine that change the model's last bits, and how to choose them on resume.
 RUNTIME_KEYS = {"device": "device=cpu|cuda on the same kind of GPU",
-                "torch_threads": "OMP_NUM_THREADS / torch.set_num_threads",
+                "torch_threads": "OMP_NUM_THREADS / torch.set_num_threads, and check_alongside as before "
+                                 "(encode.py halves the count to check alongside)",
                 "coder": "codec.coder=host|cuda; cuda needs numba-cuda",
                 "cpu": "a machine of the same CPU family: vendor, torch's and NumPy's SIMD level"}
 OLDER_DEFAULTS = {"coder": "host"}  # what checkpoints of earlier versions, which lack the key, meant

@@ -62,11 +62,18 @@ def pop_batches(codec, message, sizes: Sequence[int], done: int = 0) -> Iterator
     (a resumed decode passes the message it saved after them)."""
     for popped in range(done, len(sizes)):
         index = len(sizes) - 1 - popped
-        try:
-            message, images = codec.decode(message, int(sizes[index]))
-        except _DECODE_FAILURES as exc:
-            raise BatchDecodeError(index, len(sizes), exc) from None
-        yield DecodedBatch(index, images, message)
+        batch = pop_batch(codec, message, int(sizes[index]), index, len(sizes))
+        message = batch.message
+        yield batch
+
+
+def pop_batch(codec, message, size: int, index: int, count: int) -> DecodedBatch:
+    """Pop one batch of `size` images, the `index`-th of `count` in coding order."""
+    try:
+        message, images = codec.decode(message, int(size))
+    except _DECODE_FAILURES as exc:
+        raise BatchDecodeError(index, count, exc) from None
+    return DecodedBatch(index, images, message)
 
 
 def decode_message(codec, header, message, source: str, log: Log = print) -> np.ndarray:

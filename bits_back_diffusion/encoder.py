@@ -33,6 +33,7 @@ import craystack as cs
 from improved_diffusion import logger
 
 from .coding import initial_message, message_bits
+from .batch_check import AlongsideChecker, RoundtripError
 from .codec_checkpoints import CodecState, checkpoint_name, newest_state
 from .batch_schedule import BatchSchedule, encode_batch, run_lengths
 from .data import ImageSet, eval_indices
@@ -45,10 +46,6 @@ INITIAL_SEED_OFFSET = 7919
 def _now() -> float:
     """Monotonic seconds for time-based checkpoints (a seam for tests)."""
     return time.monotonic()
-
-
-class RoundtripError(RuntimeError):
-    """A decoded batch differs from the input: the compressed message is not trustworthy."""
 
 
 @dataclass
@@ -114,8 +111,13 @@ class DatasetCoder:
     `save_minutes` minutes, whichever comes first (slow models code few images an hour)."""
 
     def __init__(self, codec, dataset: ImageSet, plan: EncodePlan, run_dir: str, save_interval: int,
-                 seed: int, show_progress: bool = True, vlb_fn=None, save_minutes: float = 10.0):
+                 seed: int, show_progress: bool = True, vlb_fn=None, save_minutes: float = 10.0,
+                 check_codec=None, check_threads: int = 1):
         self.codec = codec
+        # With a second codec (same settings, its own model wrapper), each batch is decoded on a
+        # second thread while the next one encodes (batch_check); `decode` then has nothing left.
+        self.check_codec = check_codec
+        self.check_threads = int(check_threads)
         self.dataset = dataset
         self.plan = plan
         self.run_dir = run_dir
@@ -191,20 +193,46 @@ class DatasetCoder:
         self.batch_sizes = list(schedule.sizes)
         if state.samples_done == self.plan.samples:
             return state
-        stats, message = state.stats, state.message
         calls_done = state.batches_done * self.codec.lm.num_steps
         left = self._encode_calls_left(schedule, state)
         bar = self._bar("encode", calls_done, None if left is None else calls_done + left)
         self._start_clock()
         traces = {k: list(v) for k, v in state.arrays.items()}
         pending: List[tuple] = []  # coded images whose VLB waits for a full batch of them
+        checker = self._start_checker(state)
+        try:
+            state = self._encode_batches(state, schedule, traces, pending, bar, checker)
+        except BaseException:
+            if checker is not None:
+                checker.close(cancel=True)
+            raise
+        if checker is not None:
+            checker.close()
+        bar.close()
+        return state
+
+    def _start_checker(self, state: CodecState) -> Optional[AlongsideChecker]:
+        """A checker alongside the encoder when a check codec was given and every batch coded so
+        far was checked (a resumed run whose checkpoints hold unchecked ones decodes at the end)."""
+        if self.check_codec is None or state.stats.get("checked_batches", 0) != state.batches_done:
+            return None
+        state.stats.setdefault("checked_batches", state.batches_done)
+        return AlongsideChecker(self.check_codec, self._verify_batch, self.check_threads)
+
+    def _encode_batches(self, state: CodecState, schedule: BatchSchedule, traces: Dict[str, list],
+                        pending: List[tuple], bar, checker: Optional[AlongsideChecker]) -> CodecState:
+        stats, message = state.stats, state.message
+        check_seconds, check_evals = stats.get("decode_seconds", 0.0), stats.get("check_model_evals", 0)
         while state.samples_done < self.plan.samples:
             index, done = state.batches_done, state.samples_done
             size = schedule.next_size(self.plan.samples - done, message)
             batch_ids = self.plan.ids[done:done + size]
             x = validate_batch(self.dataset.get_batch(batch_ids), self.plan.image_shape, self.dataset.num_levels, index)
             evals = self.codec.lm.model_evals
+            before = message
             message, used = encode_batch(self.codec, message, x, schedule)
+            if checker is not None:
+                checker.submit(index, batch_ids, x, before, message)
             if index == 0:
                 stats["consumed_bits"] = 32.0 * used
             final = done + size == self.plan.samples
@@ -219,11 +247,16 @@ class DatasetCoder:
             state = CodecState("encode", index + 1, done + size, message, self.plan.meta, stats)
             bar.update(self.codec.lm.model_evals - evals)
             bar.total = bar.n + self._encode_calls_left(schedule, state)
+            checked = {} if checker is None else {"checked": f"{checker.checked}/{index + 1} batches"}
             bar.set_postfix(images=f"{state.samples_done}/{self.plan.samples}", batch=size,
-                            rate=f"{self._rate_effective(state):.4f}")
+                            rate=f"{self._rate_effective(state):.4f}", **checked)
             if saving:
+                if checker is not None:  # a checkpoint holds checked batches only
+                    checker.wait()
+                    stats["checked_batches"] = checker.checked
+                    stats["decode_seconds"] = check_seconds + checker.seconds
+                    stats["check_model_evals"] = check_evals + checker.model_evals
                 self._save(state, traces)
-        bar.close()
         return state
 
     def _rate_effective(self, state: CodecState) -> float:
@@ -276,6 +309,33 @@ class DatasetCoder:
         self._start_clock()
 
     # --- decode ----------------------------------------------------------------------------------
+    def _verify_batch(self, index: int, batch_ids: np.ndarray, original: np.ndarray, decoded: np.ndarray) -> None:
+        """Raise RoundtripError unless a decoded batch equals the input and the files on disk."""
+        original = np.asarray(original).astype(np.int64)
+        if not np.array_equal(decoded, original):
+            bad = [int(batch_ids[j]) for j in range(len(batch_ids)) if not np.array_equal(decoded[j], original[j])]
+            raise RoundtripError(
+                f"rank {self.plan.rank}, batch {index}: decoded images differ from the input for image ids "
+                f"{bad[:10]}; the message in {self.run_dir} must not be trusted (model outputs were not "
+                "bit-identical between encode and decode: check determinism settings and the device)"
+            )
+        changed = self.dataset.mismatches_on_disk(batch_ids, decoded)  # the files themselves, re-read
+        if changed:
+            raise RoundtripError(f"rank {self.plan.rank}, batch {index}: decoded images are not the pictures on "
+                                 f"disk: {'; '.join(changed[:5])}; {self.run_dir} would not restore them")
+
+    def check(self, encoded: CodecState) -> CodecState:
+        """The roundtrip check's result: from the checker that ran alongside the encoder when it
+        checked every batch, else from decoding the whole message now (`decode`)."""
+        sizes = coded_batch_sizes(encoded)
+        if self.check_codec is None or encoded.stats.get("checked_batches") != len(sizes):
+            return self.decode(encoded)
+        self.batch_sizes = list(sizes)
+        stats = {"decode_seconds": encoded.stats.get("decode_seconds", 0.0),
+                 "model_evals": encoded.stats.get("check_model_evals", 0),
+                 "message_restored": True, "checked_alongside": True}
+        return CodecState("decode", len(sizes), self.plan.samples, self.initial_message(), self.plan.meta, stats)
+
     def decode(self, encoded: CodecState) -> CodecState:
         """Pop every batch (last first, `decoder.pop_batches`: the loop decode.py runs), compare
         with the input, and check the initial bits came back."""
@@ -293,21 +353,10 @@ class DatasetCoder:
         self._start_clock()
         evals = self.codec.lm.model_evals
         for done, batch in enumerate(pop_batches(self.codec, message, sizes, state.batches_done), state.batches_done):
-            index, decoded, message = batch.index, batch.images, batch.message
+            index, message = batch.index, batch.message
             size = sizes[index]
             batch_ids = self.plan.ids[starts[index]:starts[index] + size]
-            original = self.dataset.get_batch(batch_ids).astype(np.int64)
-            if not np.array_equal(decoded, original):
-                bad = [int(batch_ids[j]) for j in range(size) if not np.array_equal(decoded[j], original[j])]
-                raise RoundtripError(
-                    f"rank {self.plan.rank}, batch {index}: decoded images differ from the input for image ids "
-                    f"{bad[:10]}; the message in {self.run_dir} must not be trusted (model outputs were not "
-                    "bit-identical between encode and decode: check determinism settings and the device)"
-                )
-            changed = self.dataset.mismatches_on_disk(batch_ids, decoded)  # the files themselves, re-read
-            if changed:
-                raise RoundtripError(f"rank {self.plan.rank}, batch {index}: decoded images are not the pictures on "
-                                     f"disk: {'; '.join(changed[:5])}; {self.run_dir} would not restore them")
+            self._verify_batch(index, batch_ids, self.dataset.get_batch(batch_ids), batch.images)
             state = CodecState("decode", done + 1, state.samples_done + size, message, self.plan.meta, state.stats)
             bar.update(self.codec.lm.model_evals - evals)
             evals = self.codec.lm.model_evals
@@ -375,6 +424,7 @@ def rank_stats(plan: EncodePlan, encoded: CodecState, decoded: Optional[CodecSta
         "decode_seconds": decoded.stats.get("decode_seconds", 0.0) if decoded else 0.0,
         "model_evals": stats.get("model_evals", 0) + (decoded.stats.get("model_evals", 0) if decoded else 0),
         "roundtrip_ok": decoded is not None and decoded.stats.get("message_restored", False),
+        "check_alongside": decoded is not None and bool(decoded.stats.get("checked_alongside", False)),
     }
 
 

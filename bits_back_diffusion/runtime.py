@@ -105,6 +105,23 @@ def set_determinism(deterministic: bool = True) -> None:
         torch.use_deterministic_algorithms(True)
 
 
+def pin_torch_threads() -> None:
+    """Start numba's threading layer now and keep torch's CPU thread count what it was before.
+
+    Why: torch's count is the OpenMP runtime's, which numba's OpenMP layer shares and sets to
+    NUMBA_NUM_THREADS when it starts, i.e. at the codec's first threaded pass. With
+    OMP_NUM_THREADS=1 the model then ran on every core from the second batch on, while the
+    checkpoints and the file recorded one thread, and a model's last bits can depend on its thread
+    count: encode.py's own check passed, decode.py (one thread) would not have."""
+    wanted = torch.get_num_threads()
+    import numba
+
+    from craystack.compiled import kernels  # noqa: F401 - its threading-layer choice comes first
+
+    numba.get_num_threads()  # starts the layer
+    torch.set_num_threads(wanted)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -149,6 +166,8 @@ def setup(cfg: Any, run_dir: Optional[str] = None, deterministic: bool = True) -
         if dist_util.dev().type == "cpu" and world > 1 and "OMP_NUM_THREADS" not in os.environ:
             # ranks sharing a machine would oversubscribe its cores (and spin-wait on each other)
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        if deterministic:  # coding runs: the codec's compiled passes start numba's threads
+            pin_torch_threads()
         seed = int(cfg.get("seed", 0) or 0) if hasattr(cfg, "get") else 0
         seed_everything(seed + rank)
     except BaseException:

@@ -99,3 +99,23 @@ def test_without_cuda_the_backend_is_gloo(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("MPI_LOCALNRANKS", "1")
     assert dist_util.default_backend() == "gloo"
+
+
+def test_numba_starting_its_threads_leaves_torchs_count_alone(tmp_path):
+    """With OMP_NUM_THREADS=1 torch reads its count from OpenMP, which numba's OpenMP layer sets to
+    NUMBA_NUM_THREADS when it starts; after setup the model stays on the one thread it records."""
+    import subprocess
+    import sys
+
+    from helpers import REPO_ROOT
+
+    code = ("import numba, torch; from omegaconf import OmegaConf; from bits_back_diffusion import runtime\n"
+            f"rt = runtime.setup(OmegaConf.create({{'seed': 0}}), run_dir={str(tmp_path)!r})\n"
+            "before = torch.get_num_threads(); numba.get_num_threads()  # starts numba's threading layer\n"
+            "print(before, torch.get_num_threads(), numba.threading_layer()); rt.release()\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    before, after, layer = out.stdout.split()[-3:]
+    assert (before, after) == ("1", "1"), (before, after, layer)

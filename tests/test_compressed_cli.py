@@ -99,6 +99,22 @@ def test_encode_then_decode_restores_the_images(model_dir, tmp_path, codec):
         np.testing.assert_array_equal(got, want)
 
 
+def test_a_file_checked_alongside_decodes_in_a_fresh_process(model_dir, tmp_path):
+    """Two torch threads: the encoder and the check run side by side on one each (batch_check), the
+    header records one, and decode.py, knowing only the file, restores the pictures."""
+    run_dir, out = tmp_path / "run", tmp_path / "out"
+    run_script("encode.py", FAST + DIGITS + ["compare_classical=false", f"evaluator.model_path={model_dir}",
+                                             f"hydra.run.dir={run_dir}"], env={"OMP_NUM_THREADS": "2"})
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["check_alongside"] is True and results["roundtrip_ok"] is True
+    assert not list(run_dir.glob("decode-ckpt*"))  # nothing was left to decode after the encode
+    header, _ = read_bbd(str(run_dir / "compressed.bbd"), expected_model_sha256=results["model_sha256"])
+    assert header.device.torch_threads == 1
+    run_script("decode.py", [f"input={run_dir / 'compressed.bbd'}", f"output_dir={out}"])
+    for got, want in zip(read_pngs(out, range(5)), digits(5)):
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.fixture
 def odd_pictures(tmp_path) -> Path:
     """An 11 x 13 picture (larger than the 8 x 8 model, odd sizes: 4 tiles with padding) and an 8 x 8 one."""

@@ -74,13 +74,14 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 @pytest.mark.parametrize("phase", ["encode", "decode"])
 def test_sigkill_then_resume_gives_identical_message(model_dir, uninterrupted, tmp_path, phase):
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, str(REPO_ROOT / "encode.py")] + encode_args(model_dir, run_dir)
+    after = ["check_alongside=false"] if phase == "decode" else []  # the decode that follows the encode
+    cmd = [sys.executable, str(REPO_ROOT / "encode.py")] + encode_args(model_dir, run_dir, *after)
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(run_dir / f"{phase}-ckpt2.npz", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "results.json").exists(), "the run finished before it could be killed"
-    resumed = run_script("encode.py", encode_args(model_dir, run_dir))
+    resumed = run_script("encode.py", encode_args(model_dir, run_dir, *after))
     assert f"RESUMING {phase}" in resumed.stdout + resumed.stderr
     np.testing.assert_array_equal(final_message(run_dir), final_message(uninterrupted))
     assert json.loads((run_dir / "results.json").read_text())["roundtrip_ok"] is True

@@ -175,13 +175,14 @@ class TiledImageSet(ImageSet):
         return image, i - first
 
     def _tiles_of(self, image: int) -> np.ndarray:
-        if self._cached[0] != image:
+        cached = self._cached  # read once: the roundtrip check may load tiles on a second thread
+        if cached[0] != image:
             path = self.files[image]
             tiles, grid = split_image(exact_pixels(path, self.channels), self.image_size)
             if grid != self.grids[image]:
                 raise DataError(f"{path} changed size while being read")
-            self._cached = (image, tiles)
-        return self._cached[1]
+            cached = self._cached = (image, tiles)
+        return cached[1]
 
     def _load(self, i: int) -> np.ndarray:
         image, k = self._locate(i)
