@@ -37,6 +37,8 @@ import craystack as cs
 
 from .decoder import pop_batch
 
+THREAD_SAFE_LAYERS = ("omp", "tbb")  # numba threading layers that two threads may use at once
+
 Verify = Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]  # (index, image ids, input, decoded)
 
 
@@ -129,10 +131,15 @@ class AlongsideChecker:
 def alongside_threads(check: bool, alongside: bool, device: Any) -> int:
     """torch threads for each of the encoder and the checker when the check runs alongside, 0 when
     it runs after the encode: on a GPU (untested there, and the CUDA coder's kernels share one
-    device), without a check, or with fewer than two CPU threads to split."""
+    device), without a check, with fewer than two CPU threads to split, or on numba's workqueue
+    layer, which aborts when two threads start threaded passes at once (OpenMP and TBB do not)."""
+    import numba
     import torch
 
     if not (check and alongside) or str(getattr(device, "type", device)) != "cpu":
+        return 0
+    numba.get_num_threads()  # starts numba's threading layer, if nothing has yet
+    if numba.threading_layer() not in THREAD_SAFE_LAYERS:
         return 0
     threads = torch.get_num_threads()
     return threads // 2 if threads >= 2 else 0

@@ -172,8 +172,13 @@ def test_a_failing_encoder_stops_the_checker(tmp_path):
     (False, True, "cpu", 2, 0), (True, False, "cpu", 2, 0), (True, True, "cuda", 16, 0),
 ])
 def test_which_runs_check_alongside(monkeypatch, check, alongside, device, threads, expected):
+    import numba
+
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(numba, "threading_layer", lambda: "omp")
     assert alongside_threads(check, alongside, torch.device(device)) == expected
+    monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")  # not thread-safe: after the encode
+    assert alongside_threads(check, alongside, torch.device(device)) == 0
 
 
 def test_the_checker_runs_the_model_on_the_recorded_thread_count():
