@@ -63,8 +63,16 @@ def reference(tmp_path_factory):
     return encoded, ref.check(encoded)
 
 
-@pytest.mark.parametrize("name", ["bitswap", "bbans"])
-def test_alongside_gives_the_same_message_and_decodes_every_batch_once(tmp_path, name):
+@pytest.mark.parametrize("name, threaded", [("bitswap", False), ("bbans", False), ("bitswap", True)])
+def test_alongside_gives_the_same_message_and_decodes_every_batch_once(tmp_path, monkeypatch, name, threaded):
+    """threaded: every lane group takes the threaded build, so both threads start OpenMP passes at
+    once (as a CIFAR-sized run does)."""
+    import numba
+
+    from craystack.compiled import kernels
+
+    if threaded:
+        monkeypatch.setattr(kernels, "PARALLEL_MIN_LANES", 1)
     (tmp_path / "ref").mkdir()
     (tmp_path / "run").mkdir()
     ref = coder(tmp_path / "ref", dataset(), name=name)
@@ -72,6 +80,7 @@ def test_alongside_gives_the_same_message_and_decodes_every_batch_once(tmp_path,
     checked_ref = ref.check(encoded_ref)
     check_codec = make_codec(name=name)
     run = coder(tmp_path / "run", dataset(), check_codec, name=name)
+    run.check_threads = min(2, numba.config.NUMBA_NUM_THREADS)
     encoded = run.encode()
     assert cs.message_equal(encoded.message, encoded_ref.message)
     sizes = coded_batch_sizes(encoded)
