@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -126,6 +127,8 @@ class DatasetCoder:
         self.show_progress = show_progress
         self.vlb_fn = vlb_fn
         self.save_seconds = 60.0 * float(save_minutes)
+        self._vlb_pool: Optional[ThreadPoolExecutor] = None  # the VLB's thread while checking alongside
+        self._vlb_jobs: List[Future] = []
         self._last_save = _now()
         # The batch sizes of the last encode or decode: the plan's own for a fixed schedule, the
         # encoder's choices for a growing one (kept here so the plan stays as built).
@@ -200,12 +203,18 @@ class DatasetCoder:
         traces = {k: list(v) for k, v in state.arrays.items()}
         pending: List[tuple] = []  # coded images whose VLB waits for a full batch of them
         checker = self._start_checker(state)
+        if checker is not None and self.vlb_fn is not None:
+            self._vlb_pool = ThreadPoolExecutor(1, thread_name_prefix="bbd-vlb")
         try:
             state = self._encode_batches(state, schedule, traces, pending, bar, checker)
         except BaseException:
             if checker is not None:
                 checker.close(cancel=True)
             raise
+        finally:
+            if self._vlb_pool is not None:
+                self._vlb_pool.shutdown(wait=True, cancel_futures=True)
+                self._vlb_pool, self._vlb_jobs = None, []
         if checker is not None:
             checker.close()
         bar.close()
@@ -251,6 +260,7 @@ class DatasetCoder:
             bar.set_postfix(images=f"{state.samples_done}/{self.plan.samples}", batch=size,
                             rate=f"{self._rate_effective(state):.4f}", **checked)
             if saving:
+                self._collect_vlb(stats)
                 if checker is not None:  # a checkpoint holds checked batches only
                     checker.wait()
                     stats["checked_batches"] = checker.checked
@@ -276,17 +286,34 @@ class DatasetCoder:
 
     def _add_vlb(self, stats: Dict[str, Any], pending: List[tuple]) -> None:
         """Evaluate the VLB of the images coded since the last call, as one batch: growing schedules
-        code one image at a time at first, and the VLB's noise depends on image ids only."""
+        code one image at a time at first, and the VLB's noise depends on image ids only. While the
+        check runs alongside, on a third thread (`_vlb_pool`): the cores the encoder and the checker
+        leave idle while they wait for each other take it, and `_collect_vlb` adds it up."""
         x = np.concatenate([xs for xs, _ in pending])
         ids = np.concatenate([np.asarray(i) for _, i in pending])
-        started = time.time()
-        totals = self.vlb_fn(x, ids)
-        spent = time.time() - started
-        stats["vlb_seconds"] = stats.get("vlb_seconds", 0.0) + spent
+        pending.clear()
+        if self._vlb_pool is not None:
+            self._vlb_jobs.append(self._vlb_pool.submit(self._timed_vlb, x, ids))
+            return
+        totals, spent = self._timed_vlb(x, ids)
         self._vlb_since_clock += spent
+        self._add_vlb_totals(stats, totals, spent)
+
+    def _timed_vlb(self, x: np.ndarray, ids: np.ndarray) -> tuple:
+        started = time.time()
+        return self.vlb_fn(x, ids), time.time() - started
+
+    @staticmethod
+    def _add_vlb_totals(stats: Dict[str, Any], totals: np.ndarray, spent: float) -> None:
+        stats["vlb_seconds"] = stats.get("vlb_seconds", 0.0) + spent
         stats["vlb_sum"] += float(np.sum(totals))
         stats["vlb_count"] += len(totals)
-        pending.clear()
+
+    def _collect_vlb(self, stats: Dict[str, Any]) -> None:
+        """Wait for the VLB batches on the third thread and add them to `stats` (before a save)."""
+        for job in self._vlb_jobs:
+            self._add_vlb_totals(stats, *job.result())
+        self._vlb_jobs.clear()
 
     def _save_due(self, samples_done: int, batch: int, final: bool) -> bool:
         """Save when a batch (of `batch` images) crossed a multiple of save_interval samples, when

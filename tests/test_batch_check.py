@@ -167,6 +167,29 @@ def test_unchecked_checkpoints_are_decoded_afterwards(tmp_path, reference):
     assert cs.message_equal(encoded.message, reference[0].message)
 
 
+def test_the_vlb_runs_on_its_own_thread_while_checking_alongside(tmp_path):
+    """The same sums as a VLB on the encoder's thread; each save waits for them."""
+    import threading
+
+    seen = []
+
+    def vlb_fn(x, ids):
+        seen.append(threading.current_thread().name)
+        return x.reshape(len(x), -1).mean(1) + 0.001 * np.asarray(ids)
+
+    results = {}
+    for alongside in (False, True):
+        run = coder(tmp_path / str(alongside), dataset(), make_codec() if alongside else None, save_interval=3)
+        run.vlb_fn = vlb_fn
+        (tmp_path / str(alongside)).mkdir()
+        stats = run.encode().stats
+        results[alongside] = (stats["vlb_count"], stats["vlb_sum"])
+        saved = newest_state(str(tmp_path / str(alongside)), "encode", 0, 1)[1]
+        assert saved.stats["vlb_count"] == saved.samples_done == 10  # nothing left pending at the last save
+    assert results[True] == results[False] and results[True][0] == 10
+    assert "MainThread" in seen and any(name.startswith("bbd-vlb") for name in seen)
+
+
 def test_a_failing_encoder_stops_the_checker(tmp_path):
     data = dataset()
     data.fail_at = 4
