@@ -205,18 +205,16 @@ class DatasetCoder:
         checker = self._start_checker(state)
         if checker is not None and self.vlb_fn is not None:
             self._vlb_pool = ThreadPoolExecutor(1, thread_name_prefix="bbd-vlb")
+        completed = False
         try:
             state = self._encode_batches(state, schedule, traces, pending, bar, checker)
-        except BaseException:
-            if checker is not None:
-                checker.close(cancel=True)
-            raise
-        finally:
+            completed = True
+        finally:  # a failed encode cancels the batches still waiting for their check
             if self._vlb_pool is not None:
                 self._vlb_pool.shutdown(wait=True, cancel_futures=True)
                 self._vlb_pool, self._vlb_jobs = None, []
-        if checker is not None:
-            checker.close()
+            if checker is not None:
+                checker.close(cancel=not completed)
         bar.close()
         return state
 
@@ -225,7 +223,6 @@ class DatasetCoder:
         far was checked (a resumed run whose checkpoints hold unchecked ones decodes at the end)."""
         if self.check_codec is None or state.stats.get("checked_batches", 0) != state.batches_done:
             return None
-        state.stats.setdefault("checked_batches", state.batches_done)
         return AlongsideChecker(self.check_codec, self._verify_batch, self.check_threads)
 
     def _encode_batches(self, state: CodecState, schedule: BatchSchedule, traces: Dict[str, list],
@@ -338,7 +335,7 @@ class DatasetCoder:
     # --- decode ----------------------------------------------------------------------------------
     def _verify_batch(self, index: int, batch_ids: np.ndarray, original: np.ndarray, decoded: np.ndarray) -> None:
         """Raise RoundtripError unless a decoded batch equals the input and the files on disk."""
-        original = np.asarray(original).astype(np.int64)
+        original = np.asarray(original, dtype=np.int64)  # the encoder's batches already are: no copy
         if not np.array_equal(decoded, original):
             bad = [int(batch_ids[j]) for j in range(len(batch_ids)) if not np.array_equal(decoded[j], original[j])]
             raise RoundtripError(
