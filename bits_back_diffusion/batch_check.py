@@ -36,6 +36,7 @@ import numpy as np
 import craystack as cs
 
 from .decoder import pop_batch
+from .runtime import pin_torch_threads
 
 THREAD_SAFE_LAYERS = ("omp", "tbb")  # numba threading layers that two threads may use at once
 
@@ -138,7 +139,7 @@ def alongside_threads(check: bool, alongside: bool, device: Any) -> int:
 
     if not (check and alongside) or str(getattr(device, "type", device)) != "cpu":
         return 0
-    numba.get_num_threads()  # starts numba's threading layer, if nothing has yet
+    pin_torch_threads()  # starts numba's threading layer, if nothing has yet, keeping torch's count
     if numba.threading_layer() not in THREAD_SAFE_LAYERS:
         return 0
     threads = torch.get_num_threads()

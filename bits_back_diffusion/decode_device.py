@@ -94,9 +94,17 @@ def check_threads(header, device, allow_mismatch: bool, source: str) -> None:
 @contextmanager
 def encoder_threads(header, device, log: Log = print) -> Iterator[None]:
     """On CPU, torch's intra-op thread count changes how sums are split and so the last bits of the
-    model's outputs; decoding needs them bit-identical, so use the encoder's count (then restore)."""
+    model's outputs; decoding needs them bit-identical, so use the encoder's count (then restore).
+
+    numba's threading layer starts first (`runtime.pin_torch_threads`): it would otherwise start at
+    the codec's first threaded pass (lane groups of 2048+, e.g. CIFAR) and reset torch's count to
+    NUMBA_NUM_THREADS under the decode, which then fails on a file encoded with fewer threads."""
     import torch
 
+    from .runtime import pin_torch_threads
+
+    if device.type == "cpu":
+        pin_torch_threads()
     wanted = header.device.torch_threads if header.device is not None else 0
     before = torch.get_num_threads()
     if device.type != "cpu" or not wanted or int(wanted) == before:

@@ -35,6 +35,7 @@ from improved_diffusion import logger
 
 from .coding import initial_message, message_bits
 from .batch_check import AlongsideChecker, RoundtripError
+from .runtime import pin_torch_threads
 from .codec_checkpoints import CodecState, checkpoint_name, newest_state
 from .batch_schedule import BatchSchedule, encode_batch, run_lengths
 from .data import ImageSet, eval_indices
@@ -184,6 +185,7 @@ class DatasetCoder:
 
     # --- encode ----------------------------------------------------------------------------------
     def encode(self) -> CodecState:
+        pin_torch_threads()  # the thread count the checkpoints record is the one the model runs with
         state = self._resume("encode")
         if state is None:
             msg0 = self.initial_message()
@@ -363,6 +365,7 @@ class DatasetCoder:
     def decode(self, encoded: CodecState) -> CodecState:
         """Pop every batch (last first, `decoder.pop_batches`: the loop decode.py runs), compare
         with the input, and check the initial bits came back."""
+        pin_torch_threads()
         sizes = coded_batch_sizes(encoded)
         self.batch_sizes = list(sizes)
         starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)

@@ -119,3 +119,27 @@ def test_numba_starting_its_threads_leaves_torchs_count_alone(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     before, after, layer = out.stdout.split()[-3:]
     assert (before, after) == ("1", "1"), (before, after, layer)
+
+
+def test_a_decode_keeps_the_encoders_thread_count_when_numba_starts():
+    """decode.py does not run `runtime.setup`: in a fresh process the codec's first threaded pass,
+    under `encoder_threads`, started numba's OpenMP layer, which reset torch's count from the
+    encoder's one thread to NUMBA_NUM_THREADS, and the file's decode failed."""
+    import subprocess
+    import sys
+
+    from helpers import REPO_ROOT
+
+    code = ("import types, numba, torch; from bits_back_diffusion import decode_device\n"
+            "from bits_back_diffusion.container import DeviceInfo\n"
+            "header = types.SimpleNamespace(device=DeviceInfo(kind='cpu', torch_threads=1))\n"
+            "with decode_device.encoder_threads(header, torch.device('cpu'), lambda line: None):\n"
+            "    numba.get_num_threads()  # what the codec's first threaded pass does\n"
+            "    inside = torch.get_num_threads()\n"
+            "print(inside, torch.get_num_threads(), numba.threading_layer())\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "NUMBA_NUM_THREADS": "2"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    inside, after, layer = out.stdout.split()[-3:]
+    assert (inside, after) == ("1", "2"), (inside, after, layer)

@@ -115,6 +115,31 @@ def test_a_file_checked_alongside_decodes_in_a_fresh_process(model_dir, tmp_path
         np.testing.assert_array_equal(got, want)
 
 
+def test_a_cifar_sized_file_decodes_in_a_fresh_process(fixtures_dir, tmp_path):
+    """32 x 32 RGB pictures give lane groups of 3072, so the codec's passes start numba's threads;
+    numba's OpenMP start once reset torch's count under decode.py, whose model then ran on two
+    threads where the encoder (two threads, split with the check alongside) ran on one, and the file
+    failed to decode although encode.py had checked it."""
+    folder, run_dir, out = tmp_path / "pictures", tmp_path / "run", tmp_path / "out"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    pictures = [rng.integers(0, 256, (32, 32, 3)).astype(np.uint8) for _ in range(2)]
+    for i, pixels in enumerate(pictures):
+        Image.fromarray(pixels, mode="RGB").save(folder / f"{i}.png")
+    two = {"OMP_NUM_THREADS": "2", "NUMBA_NUM_THREADS": "2"}
+    run_script("encode.py", ["wandb.mode=disabled", "evaluator.compute_vlb=false", "compare_classical=false",
+                             "model=tiny", "evaluator=fixture", f"evaluator.model_path={fixtures_dir / 'tiny_cifar_vlb.pt'}",
+                             "evaluator.num_samples=-1", "data=folder", f"data.val.data_dir={folder}",
+                             f"hydra.run.dir={run_dir}"], env=two)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["check_alongside"] is True and results["roundtrip_ok"] is True
+    header, _ = read_bbd(str(run_dir / "compressed.bbd"), expected_model_sha256=results["model_sha256"])
+    assert header.device.torch_threads == 1
+    run_script("decode.py", [f"input={run_dir / 'compressed.bbd'}", f"output_dir={out}"], env=two)
+    for got, want in zip(read_pngs(out, range(2)), pictures):
+        np.testing.assert_array_equal(got, want.transpose(2, 0, 1))
+
+
 @pytest.fixture
 def odd_pictures(tmp_path) -> Path:
     """An 11 x 13 picture (larger than the 8 x 8 model, odd sizes: 4 tiles with padding) and an 8 x 8 one."""
