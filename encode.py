@@ -26,8 +26,9 @@ from bits_back_diffusion.codec_registry import build_codec
 from bits_back_diffusion.coding import Precisions
 from bits_back_diffusion.codec_checkpoints import device_meta
 from bits_back_diffusion.compressed import encode_header, tiling_of, write_compressed
-from bits_back_diffusion.container import DeviceInfo
+from bits_back_diffusion.container import DeviceInfo, check_header_size
 from bits_back_diffusion.data import ImageSet, build_dataset, eval_indices, to_model_input
+from bits_back_diffusion.data.folder import skipped_warning
 from bits_back_diffusion.encoder import DatasetCoder, EncodePlan, gather_stats, rank_stats, summarize
 from bits_back_diffusion.latent_model import DiffusionLatentModel
 from bits_back_diffusion.models import LoadedModel, check_data_fits_model, load_model
@@ -118,6 +119,8 @@ def _prepare(cfg: DictConfig, rt: runtime.Runtime) -> Prepared:
         use_threads(stream_threads)
     loaded = load_model(cfg, rt.device)
     dataset = build_dataset(cfg.data, "val")
+    if skipped_warning(dataset):
+        logger.log(skipped_warning(dataset))
     check_data_fits_model(loaded, dataset.channels, dataset.image_size, dataset.num_levels)
     count = check_num_samples(cfg.evaluator.num_samples, len(dataset), rt.world_size)
     if count.shortfall_warning:
@@ -158,6 +161,14 @@ def _prepare(cfg: DictConfig, rt: runtime.Runtime) -> Prepared:
     coder = DatasetCoder(codec, dataset, plan, rt.run_dir, save_interval, int(cfg.seed), rt.is_main,
                          vlb_fn if cfg.evaluator.compute_vlb else None, save_minutes, check_codec, stream_threads)
     coder.check_resume()
+    # the file's header, drafted before coding so that what it would refuse is refused now; a growing
+    # schedule's sizes follow the message, so full batches stand in (a few run lengths less)
+    drafted = list(plan.batch_sizes) or [plan.batch_size] * (plan.samples // plan.batch_size) + (
+        [plan.samples % plan.batch_size] if plan.samples % plan.batch_size else [])
+    check_header_size(encode_header(loaded, codec.name, precisions, plan, drafted, dataset.num_levels,
+                                    coder.initial_message_spec(), tiling, bool(cfg.evaluator.clip_denoised),
+                                    float(cfg.codec.likelihood_std_min), str(cfg.data.name),
+                                    DeviceInfo.of(rt.device, codec.coder)))
     return Prepared(loaded, dataset, codec, precisions, plan, tiling, coder, count)
 
 

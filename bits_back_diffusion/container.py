@@ -53,7 +53,7 @@ from .bbd_header import BBDHeader, DeviceInfo, DiffusionFlags, HeaderError, Mode
 from .bbd_wire import header_from_bytes, header_from_json, header_to_bytes
 
 __all__ = ["BBDFormatError", "BBDHeader", "DeviceInfo", "DiffusionFlags", "FORMAT_VERSION", "MAGIC", "ModelFlags",
-           "check_model_sha256", "framing_bytes", "read_bbd", "write_bbd"]
+           "check_header_size", "check_model_sha256", "framing_bytes", "read_bbd", "write_bbd"]
 
 MAGIC = b"\x89BBD\r\n\x1a\n"
 FORMAT_VERSION = 5
@@ -86,6 +86,19 @@ def check_model_sha256(header: BBDHeader, sha256: str, path: str) -> None:
     )
 
 
+def check_header_size(header: BBDHeader) -> int:
+    """The header's size in bytes; refuses one over the reader's bound (a tiled folder's picture
+    names make it grow with the folder), which encode.py checks on a draft before coding."""
+    size = len(header_to_bytes(header))
+    if size > _MAX_HEADER:
+        tiling = header.tiling or {}
+        names = len(tiling.get("names") or ())
+        why = f" (it stores the names of {names} tiled pictures)" if names else ""
+        raise ValueError(f"the .bbd header would take {size / 2**20:.1f} MiB{why}, over the {_MAX_HEADER >> 20} MiB a "
+                         f"reader accepts; code the folder in parts (one run per sub-folder)")
+    return size
+
+
 def write_bbd(path: str, header: BBDHeader, message: cs.Message) -> int:
     """Write `message` with `header` to `path` atomically (temporary file, then rename).
 
@@ -98,6 +111,7 @@ def write_bbd(path: str, header: BBDHeader, message: cs.Message) -> int:
         )
     payload = np.ascontiguousarray(cs.flatten(message), dtype="<u4").tobytes()
     header.check_payload(len(payload) // 4)  # never write a file the reader would refuse
+    check_header_size(header)
     meta = header_to_bytes(header)
     blob = b"".join((
         _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(meta)),

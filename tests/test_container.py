@@ -248,6 +248,26 @@ def test_every_header_field_survives_the_binary_layout():
     assert header_from_bytes(header_to_bytes(tiled)) == tiled
 
 
+def test_a_header_over_the_readers_bound_is_never_written(tmp_path, monkeypatch):
+    """A tiled folder's picture names make the header grow with the folder: one the reader would
+    call implausible is refused when written (and encode.py checks a draft before coding)."""
+    import bits_back_diffusion.container as container
+
+    names = [f"n01440764/ILSVRC2012_val_{i:08d}.JPEG" for i in range(40)]
+    tiled = header(num_images=40, data_shape=(3, 4, 4), batches=[[2, 20]],
+                   tiling={"tile_size": 4, "channels": 3, "images": [[4, 4, 1, 1, 0, 0]] * 40, "names": names})
+    size = container.check_header_size(tiled)
+    message = cs.random_message(7 * 96, (2, 3, 4, 4), seed=1)
+    monkeypatch.setattr(container, "_MAX_HEADER", size - 1)
+    with pytest.raises(ValueError, match=r"header would take .* MiB \(it stores the names of 40 tiled pictures\), "
+                                         r"over the 0 MiB a reader accepts; code the folder in parts"):
+        write_bbd(str(tmp_path / "big.bbd"), tiled, message)
+    assert not (tmp_path / "big.bbd").exists()
+    monkeypatch.setattr(container, "_MAX_HEADER", size)
+    write_bbd(str(tmp_path / "fits.bbd"), tiled, message)
+    assert read_bbd(str(tmp_path / "fits.bbd"))[0] == tiled
+
+
 def test_a_rank_file_of_tiles_holds_its_share_of_them():
     """Tiles are sharded like images (rank r of W: r, r+W, ...), so a 2-rank encode of 9 tiles
     writes 5 and 4 of them; each file's header says so, and any other count is refused."""

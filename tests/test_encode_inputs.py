@@ -149,3 +149,24 @@ def test_the_same_encode_twice_gives_byte_identical_files(model_dir, tmp_path):
     assert len(first) > 100 and first == second
     np.testing.assert_array_equal(np.load(tmp_path / "a" / "encode-ckpt3.npz")["message"],
                                   np.load(tmp_path / "b" / "encode-ckpt3.npz")["message"])
+
+
+def test_a_header_the_reader_would_refuse_stops_the_encode_before_coding(model_dir, tmp_path, monkeypatch):
+    """The names of a tiled folder's pictures grow the header with the folder; past the reader's
+    bound the file could not be read, which once showed only after the whole encode."""
+    from PIL import Image
+
+    import bits_back_diffusion.container as container
+
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):  # 8 x 16: tiled into two 8 x 8 tiles each
+        Image.fromarray(rng.integers(0, 17, (8, 16), dtype=np.uint8), mode="L").save(folder / f"{i}.png")
+    args = encode_args(model_dir, "data=folder", f"data.val.data_dir={folder}", "data.channels=1",
+                       "data.num_levels=17", "data.image_size=8", "evaluator.num_samples=-1")
+    monkeypatch.setattr(container, "_MAX_HEADER", 64)
+    monkeypatch.setattr(encoder.DatasetCoder, "encode", lambda self: pytest.fail("coding started"))
+    with pytest.raises(ValueError, match=r"header would take .* \(it stores the names of 3 tiled pictures\)"):
+        run(encode, args, tmp_path / "run")
+    assert not list((tmp_path / "run").glob("*.bbd")) and not list((tmp_path / "run").glob("encode-ckpt*"))

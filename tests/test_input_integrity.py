@@ -78,6 +78,11 @@ def write_bad(path: Path, kind: str) -> None:
         Image.new("CMYK", (8, 8), (10, 20, 30, 40)).save(path, "JPEG")
     elif kind == "RGB_tRNS":
         Image.fromarray(rgb()).save(path, transparency=(0, 0, 0))
+    elif kind == "GIF":  # under a .png name; Pillow reads a GIF's frame count by seeking in the file
+        Image.fromarray(rgb()).save(path, format="GIF")
+    elif kind == "TIFF_pages":
+        pages = [Image.fromarray(rgb(seed=k)) for k in range(2)]
+        pages[0].save(path, format="TIFF", save_all=True, append_images=pages[1:])
     else:
         raise ValueError(kind)
 
@@ -114,6 +119,8 @@ def test_png_header_gives_the_bit_depth_pillow_hides(tmp_path):
     ("bilevel", 1, "PNG gray 1-bit"),
     ("CMYK", 3, "JPEG CMYK 8-bit"),
     ("RGB_tRNS", 3, "transparent colour"),
+    ("GIF", 3, "a GIF file; only PNG and JPEG are read"),
+    ("TIFF_pages", 3, "a TIFF file; only PNG and JPEG are read"),
 ])
 def test_pictures_that_cannot_come_back_exactly_are_refused(tmp_path, kind, channels, shown):
     good = Image.fromarray(rgb(seed=2)) if channels == 3 else Image.fromarray(gray(seed=2), "L")
@@ -128,6 +135,58 @@ def test_pictures_that_cannot_come_back_exactly_are_refused(tmp_path, kind, chan
     accepted = "8-bit RGB (Pillow mode RGB)" if channels == 3 else "8-bit gray (Pillow mode L)"
     assert f"data.channels={channels}, data.num_levels=256 codes {accepted}" in msg
     assert f"python -m bits_back_diffusion.data.convert {tmp_path} <new folder> --channels {channels}" in msg
+
+
+def test_a_folder_linking_to_itself_is_refused(tmp_path):
+    """os.walk follows links, so a link to the folder (or a parent) listed the same pictures about
+    40 times over, and every copy was coded without a word."""
+    Image.fromarray(gray(), "L").save(tmp_path / "a.png")
+    (tmp_path / "loop").symlink_to(tmp_path)
+    with pytest.raises(DataError, match=r"loop links to .*, which contains .*repeat the same pictures.*remove the link"):
+        build_dataset(folder_cfg(tmp_path, 1), "val")
+    (tmp_path / "loop").unlink()
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "up").symlink_to(tmp_path)
+    with pytest.raises(DataError, match="up links to"):
+        build_dataset(folder_cfg(tmp_path, 1), "val")
+    (tmp_path / "sub" / "up").unlink()
+    (tmp_path / "elsewhere").mkdir()
+    Image.fromarray(gray(seed=1), "L").save(tmp_path / "elsewhere" / "b.png")
+    (tmp_path / "sub" / "side").symlink_to(tmp_path / "elsewhere")  # a link that does not loop is followed
+    assert len(build_dataset(folder_cfg(tmp_path, 1), "val")) == 3
+
+
+def test_pictures_left_out_of_a_folder_are_named(tmp_path):
+    """Other formats and hidden files are not read; a warning names them instead of saying nothing."""
+    from bits_back_diffusion.data.folder import skipped_warning
+
+    Image.fromarray(gray(), "L").save(tmp_path / "a.png")
+    Image.fromarray(gray(), "L").save(tmp_path / "b.gif")
+    Image.fromarray(gray(), "L").save(tmp_path / ".c.png")
+    (tmp_path / ".hidden").mkdir()
+    Image.fromarray(gray(), "L").save(tmp_path / ".hidden" / "d.png")
+    (tmp_path / "notes.txt").write_text("not a picture")
+    data = build_dataset(folder_cfg(tmp_path, 1), "val")
+    assert len(data) == 1 and data.skipped == [".c.png", ".hidden/", "b.gif"]
+    assert skipped_warning(data).startswith("WARNING: 3 file(s) or hidden folder(s) under the data folder are not "
+                                            "coded: .c.png, .hidden/, b.gif")
+    (tmp_path / "a.png").unlink()
+    with pytest.raises(DataError, match=r"contains no images .* Not read: \.c\.png, \.hidden/, b\.gif"):
+        build_dataset(folder_cfg(tmp_path, 1), "val")
+
+
+def test_a_tiled_picture_whose_name_is_not_utf8_is_refused_before_coding(tmp_path):
+    """The file's header stores tiled pictures' names as UTF-8; such a name once failed after the
+    whole encode, when the header was written."""
+    import os
+
+    from bits_back_diffusion.compressed import tiling_of
+
+    Image.fromarray(gray((16, 8)), "L").save(tmp_path / "a.png")
+    Image.fromarray(gray((8, 16)), "L").save(os.fsdecode(os.fsencode(str(tmp_path)) + b"/\xff.png"))
+    data = build_dataset(folder_cfg(tmp_path, 1), "val")
+    with pytest.raises(DataError, match=r"xff.png'.*not valid UTF-8.*rename the file"):
+        tiling_of(data, -1)
 
 
 def test_mixed_mode_folder_names_each_odd_file(tmp_path):

@@ -34,6 +34,8 @@ class ImageSet(abc.ABC):
         self.image_size = int(image_size)
         self.channels = int(channels)
         self.num_levels = int(num_levels)
+        # pictures under a data folder that are not read (other formats, hidden): named in a warning
+        self.skipped: list[str] = []
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -15,22 +15,62 @@ from .errors import DataError
 from .images import IMAGE_EXTENSIONS, exact_pixels, is_image_file, read_image
 
 
-def list_image_files(root: "os.PathLike[str] | str") -> list[str]:
+# Pictures in formats the folder reader leaves out; a warning names them, so none is dropped unseen.
+OTHER_PICTURE_EXTENSIONS = (".gif", ".tif", ".tiff", ".webp", ".bmp", ".jfif", ".heic", ".heif", ".avif",
+                            ".jxl", ".jp2", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".apng")
+
+
+def list_image_files(root: "os.PathLike[str] | str", skipped: Optional[List[str]] = None) -> list[str]:
     """All image files under ``root``, recursively, sorted by relative path.
 
     Sorting makes the order independent of the filesystem so that item indices
-    are reproducible; hidden files (e.g. macOS ``._x.png``) are skipped.
+    are reproducible; hidden files and folders (e.g. macOS ``._x.png``) are skipped.
+    ``skipped``, when given, receives the relative paths of what was left out that may hold
+    pictures: files of other picture formats, hidden picture files and hidden folders ("name/").
     """
     root = os.fspath(root)
     found: list[str] = []
+    left_out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel = os.path.relpath(dirpath, root)
+        under = (lambda name: name) if rel == "." else (lambda name: os.path.join(rel, name))
+        left_out.extend(under(d) + os.sep for d in dirnames if d.startswith("."))
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        _refuse_link_loops(dirpath, dirnames)
         for name in filenames:
             if is_image_file(name):
-                found.append(name if rel == "." else os.path.join(rel, name))
+                found.append(under(name))
+            elif name.lower().endswith(IMAGE_EXTENSIONS + OTHER_PICTURE_EXTENSIONS):
+                left_out.append(under(name))
     found.sort()
+    if skipped is not None:
+        skipped.extend(sorted(left_out))
     return [os.path.join(root, f) for f in found]
+
+
+def skipped_warning(dataset: ImageSet, shown: int = 5) -> Optional[str]:
+    """A warning naming the pictures under the data folder that will not be coded, or None."""
+    if not dataset.skipped:
+        return None
+    names = ", ".join(dataset.skipped[:shown]) + (f" and {len(dataset.skipped) - shown} more"
+                                                  if len(dataset.skipped) > shown else "")
+    return (f"WARNING: {len(dataset.skipped)} file(s) or hidden folder(s) under the data folder are not coded: "
+            f"{names} (only {', '.join(IMAGE_EXTENSIONS)} files outside hidden folders are read; save the others "
+            f"as PNG if they belong to the data)")
+
+
+def _refuse_link_loops(dirpath: str, dirnames: Sequence[str]) -> None:
+    """A linked folder that contains the folder being listed (a link to itself or to a parent)
+    would list the same pictures again and again, about 40 levels deep, and code every copy."""
+    here = os.path.realpath(dirpath)
+    for name in dirnames:
+        link = os.path.join(dirpath, name)
+        if not os.path.islink(link):
+            continue
+        target = os.path.realpath(link)
+        if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+            raise DataError(f"{link} links to {target}, which contains {dirpath}: listing it would repeat the same "
+                            f"pictures without end; remove the link or point data_dir at a folder without it")
 
 
 class FolderImageSet(ImageSet):
@@ -71,13 +111,14 @@ class FolderImageSet(ImageSet):
                     f"{name} data folder {str(self.root)!r} {what} (absolute path: {self.root.absolute()})."
                     + (f"\n{missing_hint}" if missing_hint else "")
                 )
-            files = list_image_files(self.root)
+            files = list_image_files(self.root, self.skipped)
         self.files = list(files)
         if not self.files:
+            left_out = f" Not read: {', '.join(self.skipped[:5])}." if self.skipped else ""
             raise DataError(
                 f"{name} data folder {str(self.root)!r} (absolute path: {self.root.absolute()}) contains no "
-                f"images (looked recursively for {', '.join(IMAGE_EXTENSIONS)} files)."
-                + (f"\n{missing_hint}" if missing_hint else "")
+                f"images (looked recursively for {', '.join(IMAGE_EXTENSIONS)} files outside hidden folders)."
+                + left_out + (f"\n{missing_hint}" if missing_hint else "")
             )
 
     def __len__(self) -> int:

@@ -97,6 +97,7 @@ def open_image_file(path: PathLike) -> Tuple[Image.Image, FileFormat]:
             if width * height > MAX_PICTURE_PIXELS:
                 raise _too_large(where, f"{width}x{height}")
             img.load()
+            fmt = file_format(img, head)  # while the file is open: a GIF's or TIFF's frame count seeks in it
     except ImageFileError:
         raise
     except FileNotFoundError as e:
@@ -106,7 +107,7 @@ def open_image_file(path: PathLike) -> Tuple[Image.Image, FileFormat]:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
         reason = f"unreadable, truncated or corrupt ({e})"
         raise ImageFileError(f"cannot read image {where}: {reason}", where, reason, "damaged") from e
-    return img, file_format(img, head)
+    return img, fmt
 
 
 def _too_large(where: str, size: str) -> ImageFileError:

@@ -230,6 +230,12 @@ class TiledImageSet(ImageSet):
             )
         keep = ends.index(count) + 1 if count else 0
         names = tuple(os.path.relpath(f, self.root) if self.root else os.path.basename(f) for f in self.files[:keep])
+        for name, path in zip(names, self.files):
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:  # undecodable bytes in the name: the file's header stores names as UTF-8
+                raise DataError(f"{os.fsencode(path)!r}: the file name is not valid UTF-8, and the .bbd file stores the names of "
+                                f"tiled pictures; rename the file") from None
         return TilingInfo(self.image_size, self.channels, tuple(self.grids[:keep]), names)
 
 
@@ -245,5 +251,7 @@ def open_folder(root: str, *, name: str, image_size: int, channels: int, num_lev
     sizes = check_image_files(folder.files, channels=channels, num_levels=num_levels, root=os.fspath(root))
     if all(size == (image_size, image_size) for size in sizes):
         return folder
-    return TiledImageSet(folder.files, image_size, channels, num_levels, name=name, root=os.fspath(root),
-                         sizes=sizes)
+    tiled = TiledImageSet(folder.files, image_size, channels, num_levels, name=name, root=os.fspath(root),
+                          sizes=sizes)
+    tiled.skipped = folder.skipped
+    return tiled
