@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from bits_back_diffusion import runtime
+from bits_back_diffusion.run_dir import keep_earlier_outputs
 from bits_back_diffusion.data import build_dataset, eval_batches, num_eval_batches, to_model_input
 from bits_back_diffusion.models import check_data_fits_model, load_model
 from bits_back_diffusion.sample_count import check_num_samples
@@ -36,6 +37,7 @@ def run(cfg: DictConfig, run_dir: Optional[str] = None) -> Dict[str, Any]:
 def _evaluate(cfg: DictConfig, session: ScriptSession) -> Dict[str, Any]:
     rt = session.rt
     with session.checks():  # a refused run writes nothing into the run dir
+        runtime.check_flags(cfg, ("evaluator.clip_denoised",))
         loaded = load_model(cfg, rt.device)
         logger.log(f"model {loaded.checkpoint} (sha256 {loaded.sha256[:12]}), {loaded.diffusion.num_timesteps} steps "
                    f"({loaded.diffusion_cfg.get('timestep_respacing') or 'all'}), {rt.world_size} rank(s), run dir {rt.run_dir}")
@@ -72,6 +74,7 @@ def _evaluate(cfg: DictConfig, session: ScriptSession) -> Dict[str, Any]:
     }
     curves = merged.per_step_means()
     timesteps = np.asarray(loaded.diffusion.timestep_map)
+    keep_earlier_outputs(rt.run_dir, ("results.json", "vlb_terms.npz", "vlb_terms.png"), logger.log)
     np.savez(os.path.join(rt.run_dir, "vlb_terms.npz"), timesteps=timesteps, **curves)
     png = plot_curves(
         os.path.join(rt.run_dir, "vlb_terms.png"), timesteps, {"L_t": curves["vb"]},

@@ -20,6 +20,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from bits_back_diffusion import runtime
+from bits_back_diffusion.run_dir import keep_earlier_outputs
 from bits_back_diffusion.batch_check import alongside_threads, threads_restored, use_threads
 from bits_back_diffusion.classical import classical_rates, classical_sizes, comparison_line
 from bits_back_diffusion.codec_registry import build_codec
@@ -77,6 +78,7 @@ def _encode(cfg: DictConfig, session: ScriptSession) -> Dict[str, Any]:
     }
     if cfg.compare_classical:
         results["classical_bytes"], results["classical"] = _classical(dataset, int(cfg.evaluator.num_samples))
+    keep_earlier_outputs(rt.run_dir, ("results.json", "codec_trace.npz", "codec_trace.png"), logger.log)
     images = _save_trace(rt.run_dir, encoded, np.asarray(loaded.diffusion.timestep_map),
                           plan.dims(coder.batch_sizes))
     write_results(rt.run_dir, results)
@@ -113,6 +115,8 @@ class Prepared(NamedTuple):
 def _prepare(cfg: DictConfig, rt: runtime.Runtime) -> Prepared:
     """Model, data, codec, plan and coder, with every check that can refuse the run: settings,
     num_samples, data vs model, cutting pictures, and the run dir's checkpoints."""
+    runtime.check_flags(cfg, ("check", "check_alongside", "compare_classical", "evaluator.compute_vlb",
+                              "evaluator.clip_denoised", "codec.track"))
     save_interval, save_minutes = check_save_settings(cfg)
     stream_threads = alongside_threads(bool(cfg.check), bool(cfg.get("check_alongside", True)), rt.device)
     if stream_threads:  # before anything records the thread count (checkpoints, the file's header)

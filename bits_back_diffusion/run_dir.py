@@ -5,6 +5,8 @@
 * `RunDirLock` is an advisory `flock` on `<run dir>/.run.lock`, held by rank 0 while the run
   lives. The kernel drops it when the process dies (kill -9 included), so a requeued SLURM job
   or a rerun after a crash never meets a stale lock; the file names the holder's pid and host.
+* `keep_earlier_outputs` moves a finished run's results aside (`results.1.json`, ...) before a
+  rerun, or another script pointed at the same dir, writes its own.
 * `save_launch_config` writes `.hydra/config.yaml`, `hydra.yaml` and `overrides.yaml` only once
   the run has passed its checks (Hydra itself is told not to, `hydra.output_subdir: null`), and
   never over an existing, different file: a later launch that differs goes to `.hydra/launch<N>/`.
@@ -15,7 +17,7 @@ import datetime
 import fcntl
 import os
 import socket
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -128,6 +130,25 @@ def _same_file(fd: int, path: str) -> bool:
 
 
 # ------------------------------------------------------------------ the launch's config files
+
+
+def keep_earlier_outputs(run_dir: str, names: Sequence[str], log: Callable[[str], None] = print) -> Dict[str, str]:
+    """Move each existing `names` file aside to `<stem>.<n><ext>` (the first free n), so that the
+    results a rerun or another script writes never replace earlier ones; returns {old: kept as}."""
+    kept = {}
+    for name in names:
+        path = os.path.join(run_dir, name)
+        if not os.path.exists(path):
+            continue
+        stem, ext = os.path.splitext(path)
+        n = 1
+        while os.path.exists(f"{stem}.{n}{ext}"):
+            n += 1
+        os.replace(path, f"{stem}.{n}{ext}")  # rank 0 holds the run dir's lock: no one else writes here
+        kept[name] = os.path.basename(f"{stem}.{n}{ext}")
+    if kept:
+        log(f"the run dir held results of an earlier run; kept them as {', '.join(kept.values())}")
+    return kept
 
 
 def launch_config_texts(cfg: DictConfig) -> Dict[str, str]:

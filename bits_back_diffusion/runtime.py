@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from improved_diffusion import dist_util
 
@@ -64,6 +64,15 @@ def hydra_output_subdir() -> str:
     """`.hydra` on rank 0; other ranks keep their (identical) config copies out of its way."""
     rank = launch_rank()
     return ".hydra" if rank == 0 else f".hydra/rank{rank}"
+
+
+def check_flags(cfg: Any, keys: Sequence[str]) -> None:
+    """Refuse a switch that is not true or false: `check=yes_please` (or a quoted "false") was
+    truthy and ran a whole job with a setting the user did not mean."""
+    for key in keys:
+        value = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else cfg.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"{key}={value!r} must be true or false")
 
 
 def register_resolvers() -> None:

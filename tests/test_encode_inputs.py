@@ -3,6 +3,7 @@ time-based codec checkpoints; the VLB's time reported apart from coding time."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -170,3 +171,30 @@ def test_a_header_the_reader_would_refuse_stops_the_encode_before_coding(model_d
     with pytest.raises(ValueError, match=r"header would take .* \(it stores the names of 3 tiled pictures\)"):
         run(encode, args, tmp_path / "run")
     assert not list((tmp_path / "run").glob("*.bbd")) and not list((tmp_path / "run").glob("encode-ckpt*"))
+
+
+def test_results_of_an_earlier_run_in_the_same_dir_are_kept(model_dir, tmp_path):
+    """A rerun with other settings, or another script pointed at the run dir, once replaced its
+    results.json (and VLB terms) without a word."""
+    run_dir = tmp_path / "run"
+    first = run(compute_vlb, encode_args(model_dir, "evaluator.num_samples=4"), run_dir)
+    second = run(compute_vlb, encode_args(model_dir, "evaluator.num_samples=6"), run_dir)
+    assert (first["samples"], second["samples"]) == (4, 6)
+    assert json.loads((run_dir / "results.1.json").read_text())["samples"] == 4
+    assert (run_dir / "vlb_terms.1.npz").exists() and (run_dir / "vlb_terms.1.png").exists()
+    encoded = run(encode, encode_args(model_dir, "evaluator.num_samples=3"), run_dir)
+    assert encoded["samples"] == 3 and json.loads((run_dir / "results.json").read_text())["samples"] == 3
+    assert json.loads((run_dir / "results.2.json").read_text())["samples"] == 6
+    log = (run_dir / "log.txt").read_text()
+    assert "kept them as results.1.json, vlb_terms.1.npz, vlb_terms.1.png" in log
+    assert "kept them as results.2.json" in log
+
+
+@pytest.mark.parametrize("setting", ["check=yes_please", "check_alongside='false'", "codec.track=1",
+                                     "evaluator.clip_denoised=maybe"])
+def test_a_switch_that_is_not_true_or_false_is_refused(model_dir, tmp_path, setting):
+    """check=yes_please once ran the whole job (a non-empty string is truthy)."""
+    key = setting.split("=")[0]
+    with pytest.raises(ValueError, match=rf"{re.escape(key)}=.* must be true or false"):
+        run(encode, encode_args(model_dir, setting), tmp_path / "run")
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").glob("*.json"))
