@@ -55,9 +55,7 @@ def _encode(cfg: DictConfig, session: ScriptSession) -> Dict[str, Any]:
     batch_size, head_images, grow = plan.batch_size, plan.head_images, plan.grow
     encoded = coder.encode()
     decoded = coder.check(encoded) if cfg.check else None  # raises before a wrong file is written
-    header = encode_header(loaded, codec.name, precisions, plan, coder.batch_sizes, dataset.num_levels,
-                           coder.initial_message_spec(), tiling, bool(cfg.evaluator.clip_denoised),
-                           float(cfg.codec.likelihood_std_min), str(cfg.data.name), DeviceInfo.of(rt.device, codec.coder))
+    header = _file_header(cfg, rt, loaded, codec, precisions, plan, coder.batch_sizes, dataset, tiling, coder)
     path, size = write_compressed(rt.run_dir, header, encoded.message)
     gathered = gather_stats({**rank_stats(plan, encoded, decoded), "file": path, "file_bytes": size},
                             rt.run_dir, rt.rank, rt.world_size, show_progress=rt.is_main)
@@ -123,8 +121,9 @@ def _prepare(cfg: DictConfig, rt: runtime.Runtime) -> Prepared:
         use_threads(stream_threads)
     loaded = load_model(cfg, rt.device)
     dataset = build_dataset(cfg.data, "val")
-    if skipped_warning(dataset):
-        logger.log(skipped_warning(dataset))
+    left_out = skipped_warning(dataset)
+    if left_out:
+        logger.log(left_out)
     check_data_fits_model(loaded, dataset.channels, dataset.image_size, dataset.num_levels)
     count = check_num_samples(cfg.evaluator.num_samples, len(dataset), rt.world_size)
     if count.shortfall_warning:
@@ -169,11 +168,16 @@ def _prepare(cfg: DictConfig, rt: runtime.Runtime) -> Prepared:
     # schedule's sizes follow the message, so full batches stand in (a few run lengths less)
     drafted = list(plan.batch_sizes) or [plan.batch_size] * (plan.samples // plan.batch_size) + (
         [plan.samples % plan.batch_size] if plan.samples % plan.batch_size else [])
-    check_header_size(encode_header(loaded, codec.name, precisions, plan, drafted, dataset.num_levels,
-                                    coder.initial_message_spec(), tiling, bool(cfg.evaluator.clip_denoised),
-                                    float(cfg.codec.likelihood_std_min), str(cfg.data.name),
-                                    DeviceInfo.of(rt.device, codec.coder)))
+    check_header_size(_file_header(cfg, rt, loaded, codec, precisions, plan, drafted, dataset, tiling, coder))
     return Prepared(loaded, dataset, codec, precisions, plan, tiling, coder, count)
+
+
+def _file_header(cfg: DictConfig, rt: runtime.Runtime, loaded: LoadedModel, codec, precisions: Precisions,
+                 plan: EncodePlan, batch_sizes, dataset: ImageSet, tiling, coder: DatasetCoder):
+    """This rank's .bbd header for `batch_sizes` (the draft before coding, then the file's)."""
+    return encode_header(loaded, codec.name, precisions, plan, batch_sizes, dataset.num_levels,
+                         coder.initial_message_spec(), tiling, bool(cfg.evaluator.clip_denoised),
+                         float(cfg.codec.likelihood_std_min), str(cfg.data.name), DeviceInfo.of(rt.device, codec.coder))
 
 
 def _coder_setting(cfg: DictConfig) -> Optional[str]:

@@ -89,14 +89,19 @@ def check_model_sha256(header: BBDHeader, sha256: str, path: str) -> None:
 def check_header_size(header: BBDHeader) -> int:
     """The header's size in bytes; refuses one over the reader's bound (a tiled folder's picture
     names make it grow with the folder), which encode.py checks on a draft before coding."""
-    size = len(header_to_bytes(header))
+    return len(_checked_header_bytes(header))
+
+
+def _checked_header_bytes(header: BBDHeader) -> bytes:
+    meta = header_to_bytes(header)
+    size = len(meta)
     if size > _MAX_HEADER:
         tiling = header.tiling or {}
         names = len(tiling.get("names") or ())
         why = f" (it stores the names of {names} tiled pictures)" if names else ""
         raise ValueError(f"the .bbd header would take {size / 2**20:.1f} MiB{why}, over the {_MAX_HEADER >> 20} MiB a "
                          f"reader accepts; code the folder in parts (one run per sub-folder)")
-    return size
+    return meta
 
 
 def write_bbd(path: str, header: BBDHeader, message: cs.Message) -> int:
@@ -111,8 +116,7 @@ def write_bbd(path: str, header: BBDHeader, message: cs.Message) -> int:
         )
     payload = np.ascontiguousarray(cs.flatten(message), dtype="<u4").tobytes()
     header.check_payload(len(payload) // 4)  # never write a file the reader would refuse
-    check_header_size(header)
-    meta = header_to_bytes(header)
+    meta = _checked_header_bytes(header)
     blob = b"".join((
         _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(meta)),
         meta,

@@ -66,11 +66,11 @@ def hydra_output_subdir() -> str:
     return ".hydra" if rank == 0 else f".hydra/rank{rank}"
 
 
-def check_flags(cfg: Any, keys: Sequence[str]) -> None:
+def check_flags(cfg: DictConfig, keys: Sequence[str]) -> None:
     """Refuse a switch that is not true or false: `check=yes_please` (or a quoted "false") was
     truthy and ran a whole job with a setting the user did not mean."""
     for key in keys:
-        value = OmegaConf.select(cfg, key) if isinstance(cfg, DictConfig) else cfg.get(key)
+        value = OmegaConf.select(cfg, key)
         if value is not None and not isinstance(value, bool):
             raise ValueError(f"{key}={value!r} must be true or false")
 

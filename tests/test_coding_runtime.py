@@ -104,32 +104,32 @@ def test_without_cuda_the_backend_is_gloo(monkeypatch):
 def test_numba_starting_its_threads_leaves_torchs_count_alone(tmp_path):
     """With OMP_NUM_THREADS=1 torch reads its count from OpenMP, which numba's OpenMP layer sets to
     NUMBA_NUM_THREADS when it starts; after setup the model stays on the one thread it records."""
+    code = ("import numba, torch; from omegaconf import OmegaConf; from bits_back_diffusion import runtime\n"
+            f"rt = runtime.setup(OmegaConf.create({{'seed': 0}}), run_dir={str(tmp_path)!r})\n"
+            "before = torch.get_num_threads(); numba.get_num_threads()  # starts numba's threading layer\n"
+            "print(before, torch.get_num_threads(), numba.threading_layer()); rt.release()\n")
+    before, after, layer = _thread_counts_in_a_fresh_process(code, omp_threads=1)
+    assert (before, after) == ("1", "1"), (before, after, layer)
+
+
+def _thread_counts_in_a_fresh_process(code: str, omp_threads: int):
+    """The last three words `code` prints, run where numba's threads have not started yet."""
     import subprocess
     import sys
 
     from helpers import REPO_ROOT
 
-    code = ("import numba, torch; from omegaconf import OmegaConf; from bits_back_diffusion import runtime\n"
-            f"rt = runtime.setup(OmegaConf.create({{'seed': 0}}), run_dir={str(tmp_path)!r})\n"
-            "before = torch.get_num_threads(); numba.get_num_threads()  # starts numba's threading layer\n"
-            "print(before, torch.get_num_threads(), numba.threading_layer()); rt.release()\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(omp_threads), "NUMBA_NUM_THREADS": "2"}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    before, after, layer = out.stdout.split()[-3:]
-    assert (before, after) == ("1", "1"), (before, after, layer)
+    return out.stdout.split()[-3:]
 
 
 def test_a_decode_keeps_the_encoders_thread_count_when_numba_starts():
     """decode.py does not run `runtime.setup`: in a fresh process the codec's first threaded pass,
     under `encoder_threads`, started numba's OpenMP layer, which reset torch's count from the
     encoder's one thread to NUMBA_NUM_THREADS, and the file's decode failed."""
-    import subprocess
-    import sys
-
-    from helpers import REPO_ROOT
-
     code = ("import types, numba, torch; from bits_back_diffusion import decode_device\n"
             "from bits_back_diffusion.container import DeviceInfo\n"
             "header = types.SimpleNamespace(device=DeviceInfo(kind='cpu', torch_threads=1))\n"
@@ -137,9 +137,5 @@ def test_a_decode_keeps_the_encoders_thread_count_when_numba_starts():
             "    numba.get_num_threads()  # what the codec's first threaded pass does\n"
             "    inside = torch.get_num_threads()\n"
             "print(inside, torch.get_num_threads(), numba.threading_layer())\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "NUMBA_NUM_THREADS": "2"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    inside, after, layer = out.stdout.split()[-3:]
+    inside, after, layer = _thread_counts_in_a_fresh_process(code, omp_threads=2)
     assert (inside, after) == ("1", "2"), (inside, after, layer)

@@ -234,8 +234,8 @@ class TiledImageSet(ImageSet):
             try:
                 name.encode("utf-8")
             except UnicodeEncodeError:  # undecodable bytes in the name: the file's header stores names as UTF-8
-                raise DataError(f"{os.fsencode(path)!r}: the file name is not valid UTF-8, and the .bbd file stores the names of "
-                                f"tiled pictures; rename the file") from None
+                raise DataError(f"{os.fsencode(path)!r}: the file name is not valid UTF-8, and the .bbd file stores "
+                                f"the names of tiled pictures; rename the file") from None
         return TilingInfo(self.image_size, self.channels, tuple(self.grids[:keep]), names)
 
 
